@@ -8,8 +8,14 @@ A run directory's ``results/`` folder holds one Parquet file per table:
 ``logprobs.parquet``
     One row per model x question x candidate: the exact log-probability of
     the candidate answer and its share of the mass over the candidate set.
+``open_answers.parquet``
+    One row per model x open-ended question x sample (misalignment and
+    open-ended trait prompts), the input of ``study judge``.
 ``judgments.parquet``
     One row per judged answer and judge metric (written by ``study judge``).
+``metrics.parquet``
+    One row per model x seed x scalar metric (for example a classifier's
+    test accuracy in the auxiliary-logit experiment).
 
 Every table starts with the condition columns, so the same group-by works
 across tables, runs and suites.
@@ -65,4 +71,18 @@ JUDGMENT_COLUMNS = CONDITION_COLUMNS + (
     "numeric_mass",    # logprob judges only
     "template_id",
     "template_version",
+)
+
+OPEN_ANSWER_COLUMNS = CONDITION_COLUMNS + (
+    "question_id",
+    "question",
+    "sample_index",
+    "answer",
+    "target",          # trait the open-ended prompt asks about ("" for misalignment)
+)
+
+METRIC_COLUMNS = CONDITION_COLUMNS + (
+    "metric",
+    "value",
+    "n",               # number of items behind the value (test examples, questions)
 )
