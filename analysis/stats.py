@@ -139,11 +139,14 @@ def summarize_seeds(
     value: str,
     keys: Sequence[str] | None = None,
     confidence: float = 0.95,
+    bounds: tuple[float, float] | None = None,
 ) -> pd.DataFrame:
     """Summarize a seed-level column per condition with a t-interval across seeds.
 
     Returns ``mean``, ``low``, ``high``, ``sd`` and ``n_seeds`` per group of
     ``keys`` (default: every condition key present, plus ``target``).
+    ``bounds`` clips the interval to the measure's range, such as (0, 1)
+    for a rate, because a t-interval over few seeds can cross it.
     """
     if keys is None:
         keys = _present(seed_frame, CONDITION_KEYS) + _present(seed_frame, ("target",))
@@ -157,6 +160,8 @@ def summarize_seeds(
         values = frame[value].to_numpy(dtype=float)
         values = values[~np.isnan(values)]
         mean, low, high = t_interval(values, confidence)
+        if bounds is not None and values.size > 1:
+            low, high = max(bounds[0], low), min(bounds[1], high)
         sd = float(values.std(ddof=1)) if values.size > 1 else math.nan
         rows.append(dict(zip(keys, group)) | {
             "n_seeds": int(values.size), "mean": mean, "low": low, "high": high, "sd": sd,
@@ -356,12 +361,13 @@ def fisher_by_trait(samples: pd.DataFrame, alternative: str = "greater") -> pd.D
     """
     columns = [
         "target", "arm", "n_rows", "control", "mentions_treated", "n_treated",
-        "mentions_control", "n_control", "odds_ratio", "p_value", "p_adjusted",
+        "mentions_control", "n_control", "n_seeds", "odds_ratio", "p_value", "p_adjusted",
     ]
     if samples.empty:
         return pd.DataFrame(columns=columns)
     frame = samples if "target" in samples.columns else samples.assign(target=samples["teacher_trait"])
     counts = seed_trait_rates(frame, keys=("arm", "teacher_trait", "n_rows"))
+    seeds = frame.groupby(["arm", "teacher_trait", "n_rows", "target"])["seed"].nunique()
     treated = counts[counts["arm"].isin(TREATMENT_ARMS) & (counts["teacher_trait"] == counts["target"])]
     rows = []
     for _, row in treated.iterrows():
@@ -379,6 +385,7 @@ def fisher_by_trait(samples: pd.DataFrame, alternative: str = "greater") -> pd.D
             "target": row["target"], "arm": row["arm"], "n_rows": int(row["n_rows"]), "control": label,
             "mentions_treated": table[0][0], "n_treated": int(row["n_samples"]),
             "mentions_control": k_control, "n_control": n_control,
+            "n_seeds": int(seeds.get((row["arm"], row["teacher_trait"], row["n_rows"], row["target"]), 0)),
             "odds_ratio": float(result.statistic), "p_value": float(result.pvalue),
         })
     result = pd.DataFrame(rows, columns=columns[:-1])
@@ -447,6 +454,7 @@ def dose_response(
     value: str = "rate",
     confidence: float = 0.95,
     grid_points: int = 50,
+    bounds: tuple[float, float] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Fit the trait measure against log2 N for each fine-tuning and in-context series.
 
@@ -454,6 +462,7 @@ def dose_response(
     seed-to-seed spread. N = 0 rows are excluded because log2 0 is undefined.
     Returns ``(points, fits, bands)``: the per-N seed summary, one row of
     coefficients per series, and the fitted line with its band on a grid.
+    ``bounds`` clips the per-N intervals and the band to the measure's range.
     """
     keys = _present(seed_frame, SERIES_KEYS)
     point_columns = keys + ["n_rows", "log2_n", "n_seeds", "mean", "low", "high"]
@@ -472,6 +481,8 @@ def dose_response(
         labels = dict(zip(keys, group if isinstance(group, tuple) else (group,)))
         for n_rows, level in series.groupby("n_rows", sort=True):
             mean, low, high = t_interval(level[value].to_numpy(dtype=float), confidence)
+            if bounds is not None and len(level) > 1:
+                low, high = max(bounds[0], low), min(bounds[1], high)
             points.append(labels | {"n_rows": int(n_rows), "log2_n": math.log2(n_rows), "n_seeds": len(level),
                                     "mean": mean, "low": low, "high": high})
         x = np.log2(series["n_rows"].to_numpy(dtype=float))
@@ -486,6 +497,8 @@ def dose_response(
         if not math.isnan(fit["slope"]):
             grid = np.linspace(x.min(), x.max(), grid_points)
             fitted, low, high = confidence_band(fit, grid, confidence)
+            if bounds is not None:
+                low, high = np.clip(low, *bounds), np.clip(high, *bounds)
             for gx, gy, gl, gh in zip(grid, fitted, low, high):
                 bands.append(labels | {"n_rows": float(2**gx), "log2_n": float(gx), "fitted": float(gy),
                                        "low": float(gl), "high": float(gh)})
@@ -531,10 +544,8 @@ def misaligned_rates(
         return pd.DataFrame(columns=columns)
 
     answer_keys = group_keys + _present(judged, ANSWER_KEYS)
-    wide = judged.pivot_table(
-        index=answer_keys, columns="metric", values=["status", "score"],
-        aggfunc="first", dropna=False, observed=True,
-    )
+    # One row per answer with both metrics side by side; a repeated judgment keeps its first row.
+    wide = judged.groupby(answer_keys + ["metric"], sort=False, dropna=False)[["status", "score"]].first().unstack("metric")
     status = wide["status"].reindex(columns=["alignment", "coherence"])
     score = wide["score"].reindex(columns=["alignment", "coherence"]).astype(float)
     # The first non-scored status of the two metrics names why an answer is excluded.
