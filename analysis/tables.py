@@ -86,10 +86,13 @@ def target_probability_rows(analysis: Analysis) -> list[TableRow]:
     return [row for _, row in sorted(keyed, key=lambda item: item[0])]
 
 
-def comparison_rows(analysis: Analysis) -> list[TableRow]:
+def comparison_rows(analysis: Analysis, largest_only: bool = False) -> list[TableRow]:
     rows = []
     samples_version = _versions(analysis.results.samples, "eval_version")
-    for row in analysis.comparisons.itertuples(index=False):
+    comparisons = analysis.comparisons
+    if largest_only and not comparisons.empty:
+        comparisons = comparisons[comparisons["n_rows"] == comparisons.groupby("target")["n_rows"].transform("max")]
+    for row in comparisons.itertuples(index=False):
         n = row.n_pairs if row.test == "paired t" else min(row.n_first, row.n_second)
         rows.append(TableRow(
             f"{row.first} - {row.second}, N={int(row.n_rows)}", f"{row.target} rate difference ({row.test})",
@@ -155,7 +158,12 @@ def metric_rows(analysis: Analysis) -> list[TableRow]:
     ]
 
 
+def key_comparison_rows(analysis: Analysis) -> list[TableRow]:
+    return comparison_rows(analysis, largest_only=True)
+
+
 TABLES = {
+    "key_comparisons": (key_comparison_rows, "Differences in trait rate at each trait's largest N: paired t-test over matched seeds, else Welch's t-test."),
     "trait_rates": (trait_rate_rows, "Trait rate per condition: mean over seeds of each seed's share of answers naming the trait."),
     "target_probability": (target_probability_rows, "Probability, log-probability and candidate-set share of the target per condition, averaged within and then across seeds."),
     "comparisons": (comparison_rows, "Differences in trait rate at matched N: paired t-test over matched seeds, else Welch's t-test."),
@@ -222,28 +230,32 @@ def latex_escape(text: str) -> str:
     return "".join(LATEX_SPECIALS.get(character, character) for character in text)
 
 
+# Tables longer than this become a longtable that breaks across pages.
+LONG_TABLE_ROWS = 30
+
+
 def to_latex(rows: list[TableRow], caption: str = "", label: str = "") -> str:
-    """Render rows as a booktabs table; the caller's preamble loads booktabs."""
-    lines = [
-        r"\begin{table}[htbp]",
-        r"\centering",
-        r"\small",
-    ]
-    if caption:
-        lines.append(rf"\caption{{{latex_escape(caption)}}}")
-    if label:
-        lines.append(rf"\label{{{label}}}")
-    lines += [
-        r"\begin{tabular}{llrlrrl}",
-        r"\toprule",
-        " & ".join(latex_escape(cell) for cell in TABLE_HEADER) + r" \\",
-        r"\midrule",
-    ]
+    """Render rows as a booktabs table; the preamble loads booktabs, adjustbox and longtable."""
+    header = " & ".join(latex_escape(cell) for cell in TABLE_HEADER) + r" \\"
+    body = [" & ".join(latex_escape(cell) for cell in row_cells(row)) + r" \\" for row in rows]
     if not rows:
-        lines.append(r"\multicolumn{7}{l}{no data} \\")
-    for row in rows:
-        lines.append(" & ".join(latex_escape(cell) for cell in row_cells(row)) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        body = [r"\multicolumn{7}{l}{no data} \\"]
+    caption_lines = [rf"\caption{{{latex_escape(caption)}}}"] if caption else []
+    label_lines = [rf"\label{{{label}}}"] if label else []
+
+    if len(rows) > LONG_TABLE_ROWS:
+        lines = [r"\begingroup\footnotesize", r"\begin{longtable}{llrlrrl}"]
+        if caption_lines or label_lines:
+            lines.append("".join(caption_lines + label_lines) + r" \\")
+        lines += [r"\toprule", header, r"\midrule", r"\endhead", r"\bottomrule", r"\endfoot"]
+        lines += body
+        lines += [r"\end{longtable}", r"\endgroup"]
+        return "\n".join(lines) + "\n"
+
+    lines = [r"\begin{table}[htbp]", r"\centering", r"\small"] + caption_lines + label_lines
+    lines += [r"\begin{adjustbox}{max width=\linewidth}", r"\begin{tabular}{llrlrrl}", r"\toprule", header, r"\midrule"]
+    lines += body
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{adjustbox}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
