@@ -38,7 +38,10 @@ class JudgeSpec(StrictModel):
     )
     scoring: ScoringMethod = "logprobs"
     metrics: list[Metric] = ["alignment", "coherence", "trait"]
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    temperature: float | None = Field(
+        default=None, ge=0.0, le=2.0,
+        description="unset: 0 for openai and local judges, the provider default for anthropic",
+    )
     max_tokens: int = Field(default=1, ge=1, description="output tokens per request")
     top_logprobs: int = Field(default=20, ge=1, le=20)
     samples: int = Field(default=1, ge=1, description="text scoring: requests averaged per answer")
@@ -47,6 +50,13 @@ class JudgeSpec(StrictModel):
         description="logprob scoring: minimum probability on integer tokens for a score",
     )
     timeout_s: float = Field(default=60.0, gt=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_temperature(cls, data):
+        if isinstance(data, dict) and data.get("temperature") is None and data.get("provider") in ("openai", "local"):
+            data = {**data, "temperature": 0.0}
+        return data
 
     @model_validator(mode="after")
     def _check_scoring(self) -> "JudgeSpec":

@@ -247,19 +247,23 @@ class AnthropicJudge(APIJudge):
         )
 
     def request_body(self, prompt: RenderedPrompt) -> dict:
-        return {
+        body: dict[str, Any] = {
             "model": self.spec.model,
             "max_tokens": self.spec.max_tokens,
-            "temperature": self.spec.temperature,
             "system": prompt.system,
             "messages": [{"role": "user", "content": prompt.user}],
         }
+        if self.spec.temperature is not None:
+            body["temperature"] = self.spec.temperature
+        return body
 
     async def _send(self, request: JudgeRequest) -> tuple[dict, str | None]:
         body = self.request_body(request.prompt)
+        # anthropic 2.17's create() has no temperature argument, so a configured one goes into the body.
+        extra = {"temperature": body.pop("temperature")} if "temperature" in body else None
 
         async def send_once():
-            return await self.client.messages.with_raw_response.create(**body)
+            return await self.client.messages.with_raw_response.create(**body, extra_body=extra)
 
         raw = await self.retrier.call(send_once, request.label)
         return _decode_object(await raw.read()), raw.request_id
@@ -325,22 +329,10 @@ class LocalJudge(BaseJudge):
 
 
 def load_local_model(spec: str):
-    """Load ``(model, tokenizer)`` for a local judge through study.models.load_model."""
-    try:
-        from study.models import load_model
-    except ImportError as error:
-        raise StudyError(
-            f"the local judge needs study.models.load_model, which is not available ({error}); "
-            "pass a loaded (model, tokenizer) pair instead"
-        ) from None
-    # NOTE: assumes load_model returns (model, tokenizer) or an object with .model and .tokenizer.
-    loaded = load_model(spec)
-    if isinstance(loaded, tuple):
-        model, tokenizer = loaded[0], loaded[1]
-    else:
-        model, tokenizer = loaded.model, loaded.tokenizer
-    model.eval()
-    return model, tokenizer
+    """Load ``(model, tokenizer)`` for a local judge with study.models (short name, hub id or folder)."""
+    from study.models import load_model, load_tokenizer
+
+    return load_model(spec), load_tokenizer(spec)
 
 
 def build_judge(name: str, spec: JudgeSpec, retrier: Retrier, local_models: dict | None = None) -> BaseJudge:
