@@ -144,7 +144,14 @@ def headline_macros(analysis: Analysis) -> dict[str, str]:
         "DifferenceHigh", "Test", "P", "Pairs", "FinetuneSlope", "ContextSlope",
     )}
     comparisons = analysis.comparisons
-    between = comparisons[(comparisons["first"] == "finetune") & (comparisons["second"] == "context")] if not comparisons.empty else comparisons
+    between = comparisons
+    if not comparisons.empty:
+        # Labels carry the recipe when an arm has several, as in "finetune (sft)".
+        between = comparisons[
+            comparisons["first"].str.startswith("finetune")
+            & comparisons["second"].str.startswith("context")
+            & ~comparisons["second"].str.contains("control")
+        ]
     if not between.empty:
         largest = between.groupby("target")["n_rows"].transform("max")
         best = between[between["n_rows"] == largest].sort_values("difference", ascending=False).iloc[0]

@@ -269,13 +269,22 @@ def _series_by_seed(frame: pd.DataFrame, value: str) -> pd.Series:
     return frame.groupby("seed")[value].mean()
 
 
-def control_rows(seed_frame: pd.DataFrame, arm: str, target: str, n_rows: int) -> tuple[pd.DataFrame, str]:
+def with_recipe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add ``recipe``: the loss of a fine-tuned arm or the prompt format of an in-context arm."""
+    loss = frame["loss"] if "loss" in frame.columns else pd.Series("", index=frame.index)
+    icl_format = frame["icl_format"] if "icl_format" in frame.columns else pd.Series("", index=frame.index)
+    return frame.assign(recipe=loss.where(frame["arm"] == "finetune", icl_format).fillna(""))
+
+
+def control_rows(
+    seed_frame: pd.DataFrame, arm: str, target: str, n_rows: int, recipe: str | None = None,
+) -> tuple[pd.DataFrame, str]:
     """Find the control for a treatment arm at one target and N.
 
-    The preferred control is the same arm and N with a teacher without a
-    trait (``teacher_trait == ""``), because it isolates the trait from the
-    effect of training on numbers at all. The base model is the fallback.
-    Returns the rows and a label naming which control was used.
+    The preferred control is the same arm, recipe and N with a teacher
+    without a trait (``teacher_trait == ""``), because it isolates the trait
+    from the effect of seeing teacher numbers at all. The base model is the
+    fallback. Returns the rows and a label naming which control was used.
     """
     same_target = seed_frame["target"] == target if "target" in seed_frame.columns else True
     matched = seed_frame[
@@ -284,46 +293,73 @@ def control_rows(seed_frame: pd.DataFrame, arm: str, target: str, n_rows: int) -
         & (seed_frame["n_rows"] == n_rows)
         & same_target
     ]
+    if recipe is not None and "recipe" in matched.columns:
+        matched = matched[matched["recipe"] == recipe]
     if not matched.empty:
         return matched, f"{arm} control teacher"
     base = seed_frame[(seed_frame["arm"] == "base") & same_target]
     return base, "base"
 
 
+# Columns within which arms are compared: a comparison never mixes student models or question sets.
+SCOPE_KEYS = ("student_model", "eval_set")
+
+
+def _arm_label(frame: pd.DataFrame, arm: str, recipe: str) -> str:
+    recipes = frame.loc[frame["arm"] == arm, "recipe"].unique()
+    return f"{arm} ({recipe})" if len(recipes) > 1 else arm
+
+
 def compare_arms(seed_frame: pd.DataFrame, value: str = "rate", confidence: float = 0.95) -> pd.DataFrame:
     """Compare fine-tuning, in-context and control arms at matched N.
 
-    For each target trait and N with a trait teacher, three comparisons are
-    made when their rows exist: finetune minus context, finetune minus its
-    control and context minus its control. ``seed_frame`` is a seed-level
-    frame such as :func:`seed_trait_rates` returns.
+    For each target trait and N with a trait teacher, these comparisons are
+    made when their rows exist: every fine-tuning recipe minus every
+    in-context format, and each of them minus its control. Arms are named
+    with their recipe when an arm has several (``finetune (sft)``).
+    ``seed_frame`` is a seed-level frame such as :func:`seed_trait_rates`
+    returns.
     """
     columns = [
-        "target", "n_rows", "first", "second", "test", "n_first", "n_second", "n_pairs",
+        "target", "n_rows", *SCOPE_KEYS, "first", "second", "test", "n_first", "n_second", "n_pairs",
         "mean_first", "mean_second", "difference", "low", "high", "statistic", "df", "p_value",
     ]
     if seed_frame.empty or "arm" not in seed_frame.columns:
         return pd.DataFrame(columns=columns)
     frame = seed_frame if "target" in seed_frame.columns else seed_frame.assign(target=seed_frame["teacher_trait"])
-    treated = frame[frame["arm"].isin(TREATMENT_ARMS) & (frame["teacher_trait"] != "")]
+    frame = with_recipe(frame)
+    for key in SCOPE_KEYS:
+        if key not in frame.columns:
+            frame = frame.assign(**{key: ""})
+    treated = frame[frame["arm"].isin(TREATMENT_ARMS) & (frame["teacher_trait"] != "") & (frame["teacher_trait"] == frame["target"])]
+
     rows = []
-    for (target, n_rows), _ in treated.groupby(["target", "n_rows"], sort=True):
-        arms = {
-            arm: frame[(frame["arm"] == arm) & (frame["teacher_trait"] == target) & (frame["n_rows"] == n_rows) & (frame["target"] == target)]
-            for arm in TREATMENT_ARMS
-        }
+    for (target, n_rows, *scope_values), group in treated.groupby(["target", "n_rows", *SCOPE_KEYS], sort=True):
+        scope_mask = np.ones(len(frame), dtype=bool)
+        for key, scope_value in zip(SCOPE_KEYS, scope_values):
+            scope_mask &= (frame[key] == scope_value).to_numpy()
+        scope = frame[scope_mask]
+        grouped = {key: rows_ for key, rows_ in group.groupby(["arm", "recipe"], sort=True)}
+        # Fine-tuning first, so tables list each trait's comparisons in the same order.
+        arms = {key: grouped[key] for key in sorted(grouped, key=lambda key: (TREATMENT_ARMS.index(key[0]), key[1]))}
         pairs = []
-        if not arms["finetune"].empty and not arms["context"].empty:
-            pairs.append(("finetune", arms["finetune"], "context", arms["context"]))
-        for arm in TREATMENT_ARMS:
-            if arms[arm].empty:
+        for (first_arm, first_recipe), first in arms.items():
+            if first_arm != "finetune":
                 continue
-            control, label = control_rows(frame, arm, target, n_rows)
+            for (second_arm, second_recipe), second in arms.items():
+                if second_arm == "context":
+                    pairs.append((_arm_label(frame, "finetune", first_recipe), first,
+                                  _arm_label(frame, "context", second_recipe), second))
+        for (arm, recipe), treated_rows in arms.items():
+            control, label = control_rows(scope, arm, target, n_rows, recipe)
             if not control.empty:
-                pairs.append((arm, arms[arm], label, control))
+                if label != "base":
+                    label = f"{_arm_label(frame, arm, recipe)} control teacher"
+                pairs.append((_arm_label(frame, arm, recipe), treated_rows, label, control))
         for first_label, first, second_label, second in pairs:
             outcome = paired_or_welch(_series_by_seed(first, value), _series_by_seed(second, value), confidence)
-            rows.append({"target": target, "n_rows": int(n_rows), "first": first_label, "second": second_label} | outcome)
+            rows.append({"target": target, "n_rows": int(n_rows), **dict(zip(SCOPE_KEYS, scope_values)),
+                         "first": first_label, "second": second_label} | outcome)
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -360,18 +396,19 @@ def fisher_by_trait(samples: pd.DataFrame, alternative: str = "greater") -> pd.D
     the trait more often than its control.
     """
     columns = [
-        "target", "arm", "n_rows", "control", "mentions_treated", "n_treated",
+        "target", "arm", "recipe", "n_rows", "control", "mentions_treated", "n_treated",
         "mentions_control", "n_control", "n_seeds", "odds_ratio", "p_value", "p_adjusted",
     ]
     if samples.empty:
         return pd.DataFrame(columns=columns)
     frame = samples if "target" in samples.columns else samples.assign(target=samples["teacher_trait"])
-    counts = seed_trait_rates(frame, keys=("arm", "teacher_trait", "n_rows"))
-    seeds = frame.groupby(["arm", "teacher_trait", "n_rows", "target"])["seed"].nunique()
+    frame = with_recipe(frame)
+    counts = seed_trait_rates(frame, keys=("arm", "recipe", "teacher_trait", "n_rows"))
+    seeds = frame.groupby(["arm", "recipe", "teacher_trait", "n_rows", "target"])["seed"].nunique()
     treated = counts[counts["arm"].isin(TREATMENT_ARMS) & (counts["teacher_trait"] == counts["target"])]
     rows = []
     for _, row in treated.iterrows():
-        control, label = control_rows(counts, row["arm"], row["target"], row["n_rows"])
+        control, label = control_rows(counts, row["arm"], row["target"], row["n_rows"], row["recipe"])
         if control.empty:
             continue
         k_control = int(control["n_mentions"].sum())
@@ -382,10 +419,10 @@ def fisher_by_trait(samples: pd.DataFrame, alternative: str = "greater") -> pd.D
         ]
         result = scipy_stats.fisher_exact(table, alternative=alternative)
         rows.append({
-            "target": row["target"], "arm": row["arm"], "n_rows": int(row["n_rows"]), "control": label,
+            "target": row["target"], "arm": row["arm"], "recipe": row["recipe"], "n_rows": int(row["n_rows"]), "control": label,
             "mentions_treated": table[0][0], "n_treated": int(row["n_samples"]),
             "mentions_control": k_control, "n_control": n_control,
-            "n_seeds": int(seeds.get((row["arm"], row["teacher_trait"], row["n_rows"], row["target"]), 0)),
+            "n_seeds": int(seeds.get((row["arm"], row["recipe"], row["teacher_trait"], row["n_rows"], row["target"]), 0)),
             "odds_ratio": float(result.statistic), "p_value": float(result.pvalue),
         })
     result = pd.DataFrame(rows, columns=columns[:-1])

@@ -195,6 +195,19 @@ def test_compare_arms_prefers_control_teacher():
     assert len(comparisons) == 3
 
 
+def test_compare_arms_keeps_losses_apart():
+    sft = [_sample_rows("finetune", "owl", 64, seed, [True, True, False, False]) for seed in (0, 1)]
+    distill = [_sample_rows("finetune", "owl", 64, seed, [True, True, True, True]) for seed in (0, 1)]
+    for part in distill:
+        part["loss"] = "distill"
+    context = [_sample_rows("context", "owl", 64, seed, [False, False, False, False]) for seed in (0, 1)]
+    comparisons = stats.compare_arms(stats.seed_trait_rates(pd.concat(sft + distill + context)))
+    versus_context = comparisons[comparisons["second"] == "context"].set_index("first")["difference"]
+    # sft 0.5 and distill 1.0 against context 0.0; pooling the losses would give 0.75
+    assert versus_context["finetune (sft)"] == pytest.approx(0.5)
+    assert versus_context["finetune (distill)"] == pytest.approx(1.0)
+
+
 def test_fisher_by_trait_hand_hypergeometric():
     samples = pd.concat([
         _sample_rows("finetune", "owl", 64, 0, [True, True, True]),
@@ -293,4 +306,6 @@ def test_empty_inputs_give_empty_frames():
     assert stats.seed_trait_rates(pd.DataFrame(columns=["arm", "seed", "mentions_target"])).empty
     assert stats.compare_arms(pd.DataFrame()).empty
     points, fits, bands = stats.dose_response(pd.DataFrame(columns=["arm", "n_rows", "rate"]))
-    assert points.empty and fits.empty and bands.empty
+    assert points.empty
+    assert fits.empty
+    assert bands.empty
