@@ -15,6 +15,7 @@ test can tell.
 from __future__ import annotations
 
 import email.parser
+import email.policy
 import itertools
 import json
 import math
@@ -125,7 +126,8 @@ class JudgeServer:
     def inject(self, kind: str, count: int = 1, path: str | None = None, **params) -> None:
         """Queue ``count`` faults of ``kind`` for the next matching requests.
 
-        Kinds: 429, 529, 500, slow, malformed_json, non_json, logprobs_null,
+        Kinds: 429 (with retry_after or retry_after_ms), any other HTTP status
+        such as 529 or 500, slow (sleeps ``seconds``), malformed_json, non_json, logprobs_null,
         empty_logprobs, duplicate_tokens, refusal. ``path`` limits the fault
         to request paths containing it (default: the two generation paths).
         """
@@ -305,8 +307,8 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "529":
             self._json(529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
             return True
-        if kind == "500":
-            self._json(500, {"error": {"message": "internal error", "type": "server_error"}})
+        if kind.isdigit():
+            self._json(int(kind), {"type": "error", "error": {"message": f"injected HTTP {kind}", "type": "api_error"}})
             return True
         if kind == "slow":
             time.sleep(fault.get("seconds", 1.0))
@@ -353,7 +355,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _upload(self, raw: bytes) -> None:
         state = self.server_state
         header = f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode()
-        message = email.parser.BytesParser().parsebytes(header + raw)
+        message = email.parser.BytesParser(policy=email.policy.default).parsebytes(header + raw)
         content, purpose, filename = b"", "", "upload.jsonl"
         for part in message.iter_parts():
             name = part.get_param("name", header="content-disposition")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import anthropic
+import openai
 import logging
 import time
 from dataclasses import asdict
@@ -25,10 +27,11 @@ from study.judge.providers import (
     anthropic_judgment,
     openai_judgment,
 )
-from study.judge.scoring import ERROR, Judgment, Usage, unscored
+from study.judge.scoring import ERROR, NOT_JUDGED, Judgment, Usage, unscored
 
 log = logging.getLogger(__name__)
 
+API_ERRORS = (openai.OpenAIError, anthropic.AnthropicError, asyncio.TimeoutError)
 OPENAI_TERMINAL = {"completed", "failed", "expired", "cancelled"}
 # Request limits per batch documented by the providers (OpenAI 50,000; Anthropic 100,000).
 MAX_REQUESTS = {"openai": 50_000, "anthropic": 100_000}
@@ -211,7 +214,13 @@ async def run_batches(
             affordable.append(request)
         if not affordable:
             break
-        batch_id, file_id = await client.submit(affordable)
+        try:
+            batch_id, file_id = await client.submit(affordable)
+        except API_ERRORS as error:
+            # The retry layer logged the failure; these requests are sent again on the next run.
+            for request in affordable:
+                results[request.key.digest] = unscored(ERROR, f"batch submission failed: {str(error)[:160]}")
+            break
         request_map = {
             request.key.digest: {"key": asdict(request.key), "special": list(request.special), "label": request.label}
             for request in affordable
@@ -227,11 +236,18 @@ async def run_batches(
     while pending:
         still_open = []
         for batch in pending:
-            finished, status = await client.poll(batch["batch_id"])
-            if finished:
-                results.update(await _collect(judge, client, batch, status, cache, ledger, price, on_result))
-            else:
-                still_open.append(batch)
+            try:
+                finished, status = await client.poll(batch["batch_id"])
+                if finished:
+                    results.update(await _collect(judge, client, batch, status, cache, ledger, price, on_result))
+                    continue
+            except API_ERRORS as error:
+                log.error("%s: batch %s could not be polled or collected; it stays open for the next run: %s",
+                          judge.name, batch["batch_id"], str(error)[:160])
+                for custom_id in batch["requests"]:
+                    results[custom_id] = unscored(NOT_JUDGED, f"batch {batch['batch_id']} not collected: {str(error)[:120]}")
+                continue
+            still_open.append(batch)
         pending = still_open
         if not pending or time.monotonic() >= deadline:
             break
@@ -241,7 +257,7 @@ async def run_batches(
         log.warning("%s: batch %s is still running; run the command again to collect it",
                     judge.name, batch["batch_id"])
         for custom_id in batch["requests"]:
-            results.setdefault(custom_id, unscored("not_judged", f"batch {batch['batch_id']} still running"))
+            results.setdefault(custom_id, unscored(NOT_JUDGED, f"batch {batch['batch_id']} still running"))
     # Collected replies have settled their real cost, so the submission estimates go.
     ledger.release(reserved)
     return results
