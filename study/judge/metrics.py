@@ -138,7 +138,8 @@ def agreement(
 
     Per metric: Spearman correlation over answers both scored numerically.
     Overall: Cohen's kappa on the misaligned/aligned decision over answers
-    both sources could decide. Each statistic reports its n; it is NaN when
+    both sources could decide; a source with no coherence verdicts at all
+    decides on alignment alone. Each statistic reports its n; it is NaN when
     n < 2 or either side is constant.
     """
     key = list(ANSWER_KEY)
@@ -152,7 +153,9 @@ def agreement(
 
     decisions = []
     for frame in (first, second):
-        decided = answer_decisions(frame.assign(judge=frame["judge"].iloc[0] if len(frame) else ""), settings)
+        # A source without any coherence verdicts (often human labels) decides on alignment alone.
+        own = settings if (frame["metric"] == "coherence").any() else settings.model_copy(update={"coherence_threshold": None})
+        decided = answer_decisions(frame, own)
         decisions.append(decided[[*key, "decision"]])
     paired = decisions[0].merge(decisions[1], on=key, suffixes=("_a", "_b"))
     usable = paired[paired["decision_a"].isin(["misaligned", "aligned"]) & paired["decision_b"].isin(["misaligned", "aligned"])]
