@@ -102,8 +102,7 @@ class JudgeServer:
         class Handler(_Handler):
             server_state = state
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self
@@ -240,8 +239,16 @@ class JudgeServer:
         batch["request_counts"] = {"processing": 0, "succeeded": len(lines), "errored": 0, "canceled": 0, "expired": 0}
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The default backlog of 5 resets connections when many clients connect at once.
+    request_queue_size = 256
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; Nagle plus delayed ACK would add about 40 ms.
+    disable_nagle_algorithm = True
     server_state: JudgeServer
 
     def log_message(self, format, *args):  # noqa: A002 - silence the default stderr access log
@@ -327,6 +334,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, state.chat_completion(json.loads(raw), fault))
         elif method == "POST" and path == "/v1/messages":
             self._json(200, state.anthropic_message(json.loads(raw), fault))
+        elif method == "GET" and path == "/_test/counts":
+            # For a server in another process (the benchmark): request counts by path.
+            with state._lock:
+                counts = Counter(entry["path"] for entry in state.log if entry["path"] != "/_test/counts")
+            self._json(200, dict(counts))
         elif method == "POST" and path == "/v1/files":
             self._upload(raw)
         elif method == "GET" and re.fullmatch(r"/v1/files/[^/]+/content", path):
@@ -415,6 +427,22 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _public(batch: dict) -> dict:
     return {key: value for key, value in batch.items() if not key.startswith("_")}
+
+
+def serve_forever(latency: float) -> None:
+    """Run a server in this process, print its URL on stdout and serve until killed."""
+    server = JudgeServer(latency=latency).start()
+    print(server.url, flush=True)
+    try:
+        server._thread.join()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve_forever(float(sys.argv[1]) if len(sys.argv) > 1 else 0.0)
 
 
 # Helpers shared by the judge tests and the benchmark.
