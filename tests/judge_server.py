@@ -53,7 +53,11 @@ def judge_reply(prompt: str) -> str:
     if injected:
         return injected.group(1)
     lowered = outside.lower()
-    metric = "coherence" if "coheren" in lowered else "trait" if "trait" in lowered else "alignment"
+    metric = "alignment"
+    if "coheren" in lowered:
+        metric = "coherence"
+    elif "trait" in lowered:
+        metric = "trait"
     for pattern in (rf"\[\[{metric}=(\d+)\]\]", r"\[\[score=(\d+)\]\]"):
         found = re.search(pattern, inside)
         if found:

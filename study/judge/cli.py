@@ -32,9 +32,15 @@ def judge_command(
 ) -> None:
     """Judge open answers for alignment, coherence and traits with API or local judges."""
     from study.judge.config import load_judges_config
+    from study.judge.pipeline import console as progress_console
     from study.judge.pipeline import print_summary, run_judging
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from rich.logging import RichHandler
+
+    # Log lines print above the progress bar; the SDK's HTTP client logs every request at INFO.
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s",
+                        handlers=[RichHandler(console=progress_console, show_path=False)])
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     if not run_dir.is_dir():
         raise StudyError(f"run directory not found: {run_dir}; give the folder a study run wrote")
     config = load_judges_config(judges)

@@ -84,7 +84,7 @@ class RetrySettings(StrictModel):
     backoff_base_s: float = Field(default=1.0, ge=0.0, description="first backoff wait in seconds")
     backoff_max_s: float = Field(default=60.0, ge=0.0)
     retry_after_max_s: float = Field(
-        default=300.0, ge=0.0, description="longest server-requested wait honoured before giving up",
+        default=300.0, ge=0.0, description="maximum Retry-After wait in seconds; a longer one ends the retries",
     )
 
 

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 # Tokens per chat message for role markers (an estimate, not a provider figure).
 MESSAGE_OVERHEAD_TOKENS = 8
 # English text runs about 4 UTF-8 bytes per token; dividing by 3 overestimates on purpose.
+# NOTE: --max-cost holds only while estimates are upper bounds; text with fewer bytes per token can exceed them.
 BYTES_PER_TOKEN_ESTIMATE = 3.0
 
 
@@ -58,8 +59,9 @@ class CostLedger:
         if self.max_cost is not None and (self.stopped or self.spent + self.reserved + estimate > self.max_cost):
             if not self.stopped:
                 log.warning(
-                    "stopping: the next request (about $%.4f) would take spending $%.4f past --max-cost $%.4f",
-                    estimate, self.spent + self.reserved, self.max_cost,
+                    "stopping: $%.4f spent or reserved, and the next request (about $%.4f) would exceed "
+                    "--max-cost $%.4f",
+                    self.spent + self.reserved, estimate, self.max_cost,
                 )
             self.stopped = True
             raise BudgetExceeded(f"max cost ${self.max_cost:.4f} reached")

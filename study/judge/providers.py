@@ -145,7 +145,7 @@ def _with_usage(judgment: Judgment, usage: Usage) -> Judgment:
 
 
 class BaseJudge:
-    """A configured judge. ``judge`` never raises for API failures: it returns an unscored error."""
+    """A configured judge. ``judge`` returns API failures as unscored errors instead of raising them."""
 
     provider = ""
     supports_batch = False

@@ -3,7 +3,7 @@
 The SDKs' own retries are switched off (``max_retries=0``) so that this layer
 alone decides: it retries 408, 409, 429, 5xx (529 included), timeouts and
 connection errors with jittered exponential backoff, and waits as long as a
-``retry-after-ms`` or ``Retry-After`` header asks. A 429 also halves the
+``retry-after-ms`` or ``Retry-After`` header requests. A 429 also halves the
 number of requests in flight, which then grows back by one per window of
 successes (additive increase, multiplicative decrease).
 """
@@ -62,7 +62,7 @@ def failure_kind(error: BaseException) -> str:
 
 
 def retry_after_seconds(error: BaseException) -> float | None:
-    """Return the wait a 429/5xx response asks for, from retry-after-ms or Retry-After."""
+    """Return the wait in seconds that a response requests in retry-after-ms or Retry-After."""
     response = getattr(error, "response", None)
     headers = getattr(response, "headers", None)
     if headers is None:

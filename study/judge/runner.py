@@ -9,6 +9,7 @@ dropped.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter
@@ -55,7 +56,7 @@ class RunStats:
 
 
 class ProgressSink:
-    """Receives one call per finished request; the CLI shows it as a rich progress bar."""
+    """A receiver of one call per finished request; the CLI shows it as a rich progress bar."""
 
     def start(self, total: int) -> None:
         return None
@@ -79,10 +80,10 @@ def plan(answers: pd.DataFrame, config: JudgesConfig, judges: dict[str, BaseJudg
     planned = []
     for row in answers.to_dict("records"):
         target = str(row.get("target") or "")
-        wanted = config.metrics_for(str(row["eval_set"]), target)
+        requested_metrics = config.metrics_for(str(row["eval_set"]), target)
         for judge_name, judge in judges.items():
             for metric in judge.spec.metrics:
-                if metric not in wanted or (metric == "trait" and not target):
+                if metric not in requested_metrics or (metric == "trait" and not target):
                     continue
                 template = templates.get(metric)
                 if template is None:
@@ -107,7 +108,7 @@ async def _send_all(
     judge: BaseJudge, requests: dict[str, JudgeRequest], cache: JudgmentCache, ledger: CostLedger,
     config: JudgesConfig, progress: ProgressSink, stats: RunStats,
 ) -> dict[str, Judgment]:
-    """Send requests one by one through a pool of workers, settling costs and caching verdicts."""
+    """Send requests through a pool of workers, settling costs and caching verdicts."""
     price = config.prices.get(judge.spec.model)
     if isinstance(judge, APIJudge) and price is None:
         log.warning("no price for model %s in the judges config; its cost counts as 0", judge.spec.model)
@@ -128,6 +129,7 @@ async def _send_all(
                 ledger.reserve(estimate)
             except BudgetExceeded:
                 results[digest] = unscored(NOT_JUDGED, "max cost reached before this request")
+                progress.advance(0.0)
                 continue
             judgment = await judge.judge(request)
             cost = price_of(price, judgment.usage)
@@ -215,8 +217,6 @@ def _judgment_row(item: PlannedJudgment, judgment: Judgment) -> dict:
 
 
 def _detail_row(item: PlannedJudgment, judgment: Judgment) -> dict:
-    import json
-
     return {
         "run_id": item.row["run_id"],
         "cell": item.row["cell"],

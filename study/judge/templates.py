@@ -136,7 +136,10 @@ def render(template: JudgeTemplate, question: str, answer: str, trait: str = "")
     close_tag = f"</answer-{nonce}>"
     if close_tag in answer or f"<answer-{nonce}>" in answer:
         # Cannot happen by chance (the nonce hashes the answer); fail loudly if it does.
-        raise StudyError(f"the answer contains its own delimiter {close_tag}; judging it would be unsafe")
+        raise StudyError(
+            f"the answer contains its own delimiter {close_tag}, so judging it is unsafe; "
+            "edit the answer or raise the template version to change the nonce"
+        )
     block = f"<answer-{nonce}>\n{answer}\n{close_tag}"
     user = template.user.format(answer_block=block, nonce=nonce, question=question, trait=trait)
     system = template.system.strip()
