@@ -23,13 +23,19 @@ class StrictModel(BaseModel):
 def _model_at(model: type[BaseModel], location: tuple) -> type[BaseModel] | None:
     """Walk a validation error location down to the model that owns its last key."""
     current: Any = model
+    skip_key = False
     for part in location[:-1]:
         if isinstance(part, int) or current is None:
+            continue
+        if skip_key:
+            # The key of a dict[str, Model] field, not a field name.
+            skip_key = False
             continue
         field = getattr(current, "model_fields", {}).get(part)
         if field is None:
             return None
         annotation = field.annotation
+        skip_key = _is_mapping(annotation)
         candidates = [annotation, *getattr(annotation, "__args__", ())]
         nested = None
         for candidate in candidates:
@@ -41,6 +47,15 @@ def _model_at(model: type[BaseModel], location: tuple) -> type[BaseModel] | None
                 break
         current = nested
     return current
+
+
+def _is_mapping(annotation: Any) -> bool:
+    import typing
+
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if typing.get_origin(candidate) is dict or candidate is dict:
+            return True
+    return False
 
 
 def describe_validation_error(error: ValidationError, model: type[BaseModel], source: str) -> str:

@@ -37,8 +37,7 @@ def test_unknown_judge_key_rejected(tmp_path):
     data["judges"]["gpt-4.1"]["temprature"] = 0.0
     path = tmp_path / "judges.yaml"
     path.write_text(yaml.safe_dump(data))
-    # NOTE: configbase finds no nearest key inside dict-valued sections, so only the key is named.
-    with pytest.raises(StudyError, match="unknown key 'judges.gpt-4.1.temprature'"):
+    with pytest.raises(StudyError, match="unknown key 'judges.gpt-4.1.temprature'; did you mean 'temperature'"):
         load_judges_config(path)
 
 
