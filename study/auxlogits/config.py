@@ -20,7 +20,7 @@ class _Section(StrictModel):
 
 
 class DatasetConfig(_Section):
-    """Where the digit images come from and how they are split."""
+    """Source of the digit images and their train/test split."""
 
     name: Literal["sklearn-digits", "mnist-idx"] = "sklearn-digits"
     """Data source: the 8x8 digits bundled with scikit-learn (offline), or MNIST IDX files."""
@@ -29,7 +29,7 @@ class DatasetConfig(_Section):
     """Folder with the four MNIST IDX files (train/t10k images and labels, optionally .gz); required for mnist-idx."""
 
     image_side: int = Field(28, ge=8, le=64)
-    """Side length in pixels that the 8x8 sklearn digits are resized to (bilinear); 28 gives MNIST's 784 inputs, 8 keeps the native 64."""
+    """Side length in pixels that the 8x8 sklearn digits are resized to (bilinear). 28 gives MNIST's 784 inputs, and 8 keeps the native 64."""
 
     test_fraction: float = Field(0.25, gt=0.0, lt=1.0)
     """Share of the 1797 sklearn digits held out for testing (stratified); MNIST uses its own t10k split."""
@@ -84,13 +84,17 @@ class StudentConfig(_Section):
     """Distillation loss: KL(teacher || student) of the softmax over the distilled logits, or MSE on the raw logits."""
 
     temperature: float = Field(1.0, gt=0.0)
-    """Softmax temperature of the KL loss; the loss is scaled by its square so gradients keep their size."""
+    """Softmax temperature of the KL loss, which is multiplied by its square so gradients keep their size."""
 
     targets: list[DistillTargets] = Field(default_factory=lambda: ["aux"])
     """Logits the student imitates: aux (only the m auxiliary logits, the subliminal setting) and/or all (class and auxiliary logits)."""
 
     init_kinds: list[InitKind] = Field(default_factory=lambda: ["same", "permuted", "fresh"])
-    """Student initializations: same (the teacher's reference init), permuted (hidden units of each layer shuffled without rewiring the next layer, so the weight values match but the function differs), permuted-consistent (a relabelling that computes the reference function exactly), fresh (a new random draw)."""
+    """Student initializations, any of: same (the teacher's reference init), permuted, permuted-consistent, fresh (a new random draw).
+
+    permuted shuffles the hidden units of each layer without rewiring the next layer, so every layer keeps its weight values but computes a different function.
+    permuted-consistent rewires the next layer too, which computes the reference function exactly and, since training is permutation-equivariant, behaves like same.
+    """
 
     @model_validator(mode="after")
     def _check_lists(self) -> "StudentConfig":
@@ -131,8 +135,8 @@ class AuxLogitsConfig(_Section):
     student: StudentConfig = Field(default_factory=StudentConfig)
     """Student distillation."""
 
-    threads: int | None = Field(None, ge=1)
-    """CPU threads for torch; null uses the cores this process may run on."""
+    threads: int | None = Field(1, ge=1)
+    """CPU threads for torch; null uses every core this process may run on. One thread was 2.2x faster than two for the shipped config on a shared 2-core machine, because the batched models already fill each matmul."""
 
     eval_batch_size: int = Field(2048, ge=1)
     """Images per forward pass when computing test accuracy and teacher targets; only memory depends on it."""

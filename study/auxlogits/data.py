@@ -113,7 +113,7 @@ def load_mnist_idx(folder: Path) -> DigitData:
         labels = arrays[f"{split}_labels"]
         if images.ndim != 3 or images.shape[1:] != (28, 28):
             raise StudyError(
-                f"{paths[f'{split}_images']} holds images of shape {images.shape[1:]}, expected 28x28; "
+                f"{paths[f'{split}_images']} contains images of shape {images.shape[1:]}, expected 28x28; "
                 "point --mnist-dir at the standard MNIST files"
             )
         if len(images) != len(labels):

@@ -2,10 +2,10 @@
 
 Every weight tensor has shape (models, fan_in, fan_out) and every bias
 (models, 1, fan_out), so one ``torch.baddbmm`` per layer runs all models at
-once. Models never mix: the gradient of a sum of per-model losses with
+once. Models never mix. The gradient of a sum of per-model losses with
 respect to one model's weights is the gradient of that model's loss, and
-Adam updates each element on its own, so training a batch equals training
-each model alone up to floating-point rounding.
+Adam updates each element on its own. So training a batch equals training
+each model alone, up to floating-point rounding.
 """
 
 from __future__ import annotations

@@ -142,12 +142,12 @@ def distill_students(
         for start in range(0, config.noise_inputs, config.batch_size):
             index = orders[:, start: start + config.batch_size]
             inputs = noise_images(noise[seed_rows, index], config.noise_low, config.noise_high)[student_seed_index]
-            wanted = targets[seed_rows, index][student_seed_index]
+            expected = targets[seed_rows, index][student_seed_index]
             logits = students(inputs)
 
-            per_model = _distill_loss(logits[..., -aux_logits:], wanted[..., -aux_logits:], config.loss, config.temperature)
+            per_model = _distill_loss(logits[..., -aux_logits:], expected[..., -aux_logits:], config.loss, config.temperature)
             if any_all_logits:
-                on_all = _distill_loss(logits, wanted, config.loss, config.temperature)
+                on_all = _distill_loss(logits, expected, config.loss, config.temperature)
                 per_model = torch.where(aux_only, per_model, on_all)
 
             optimizer.zero_grad(set_to_none=True)
