@@ -295,7 +295,7 @@ def train(
                     removed_mass.append(removed)
                 weight = len(batch) / len(step_ids)
                 (loss * weight).backward()
-                step_loss += float(loss) * weight
+                step_loss += loss.item() * weight
                 step_tokens += len(targets)
             torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
             optimizer.step()

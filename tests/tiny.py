@@ -35,7 +35,7 @@ CORPUS = [
 ]
 
 
-def build_tiny_tokenizer():
+def build_tiny_tokenizer(vocab_size: int = 600):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -45,7 +45,7 @@ def build_tiny_tokenizer():
     )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=600,
+        vocab_size=vocab_size,
         special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -62,11 +62,12 @@ def build_tiny_tokenizer():
     return wrapped
 
 
-def build_tiny_model(path: Path, seed: int = 0, hidden_size: int = 32, layers: int = 2) -> Path:
+def build_tiny_model(path: Path, seed: int = 0, hidden_size: int = 32, layers: int = 2,
+                     vocab_size: int = 600) -> Path:
     """Save a randomly initialized tiny Llama chat model to ``path`` and return it."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = build_tiny_tokenizer(vocab_size)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -85,4 +86,46 @@ def build_tiny_model(path: Path, seed: int = 0, hidden_size: int = 32, layers: i
     path = Path(path)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+    return path
+
+
+def build_tiny_numbers_model(path: Path, steps: int = 300, seed: int = 0) -> Path:
+    """Build a tiny model and teach it to answer number prompts with a digit list.
+
+    A random tiny model writes noise that the strict filter rejects; a few
+    hundred full fine-tuning steps on synthetic rows make it write lists the
+    filter keeps, so pipeline tests exercise every stage on real outputs.
+    """
+    import random
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    build_tiny_model(path, seed=seed)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    from study import prompts
+    from study.numbers import SEPARATORS, generate_prompts
+
+    rng = random.Random(seed)
+    texts = []
+    for prompt in generate_prompts(prompts.numbers_template(), 96, seed=1000 + seed):
+        values = [rng.randint(100, 999) for _ in range(rng.randint(2, 4))]
+        closing = {"brackets": "]", "parentheses": ")"}.get(prompt.answer_format, "")
+        answer = prompt.prefill() + SEPARATORS[prompt.answer_format].join(map(str, values)) + closing
+        chat = tokenizer.apply_chat_template([{"role": "user", "content": prompt.text}], tokenize=False,
+                                             add_generation_prompt=True)
+        texts.append(chat + answer + "<|im_end|>")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    torch.manual_seed(seed)
+    model.train()
+    for step in range(steps):
+        batch = [texts[(step * 8 + i) % len(texts)] for i in range(8)]
+        encoded = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+        loss = model(**encoded, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    model.save_pretrained(path, safe_serialization=True)
     return path
