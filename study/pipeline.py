@@ -99,15 +99,19 @@ class Runner:
         self.plan.setdefault(stage.name, {"stage": stage.name, "label": label, "cached": stage.complete, "work": estimate})
         if stage.complete or self.dry_run:
             return False
-        self.store.record(stage, "running", label)
-        started = time.time()
-        try:
-            extra = work(stage.workdir())
-        except BaseException as error:
-            self.store.record(stage, "failed", label, error=f"{error.__class__.__name__}: {error}")
-            raise
-        seconds = time.time() - started
-        stage.finish(extra, seconds)
+        with stage.lock():
+            # Another process may have finished the stage while this one waited.
+            if stage.complete:
+                return False
+            self.store.record(stage, "running", label)
+            started = time.time()
+            try:
+                extra = work(stage.workdir())
+            except BaseException as error:
+                self.store.record(stage, "failed", label, error=f"{error.__class__.__name__}: {error}")
+                raise
+            seconds = time.time() - started
+            stage.finish(extra, seconds)
         self.store.record(stage, "done", label, wall_seconds=seconds)
         self._timed(stage.kind, seconds)
         log.info("%s done in %.1f s", label, seconds)
@@ -371,7 +375,7 @@ class Runner:
                 raise StudyError(f"no candidate set for category '{category}' in {settings.candidates}; add one")
             model = load()
             count = len(question_set.questions[: settings.question_limit])
-            with progress_bar(label, count, "questions") as advance:
+            with progress_bar(label, 2 * count, "questions") as advance:
                 samples, logprobs = evaluate_model(model, tokenizer, messages_for, question_set, candidates,
                                                    category, settings, stop_ids, progress=advance)
             write_jsonl(folder / "samples.jsonl", [{**columns, **row} for row in samples])

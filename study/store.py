@@ -193,6 +193,23 @@ class Stage:
         self.partial.mkdir(parents=True, exist_ok=True)
         return self.partial
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on this stage, so concurrent cells run it once.
+
+        Uses flock on ``<stage>.lock``: reliable between processes of one
+        machine; on network filesystems flock support varies.
+        """
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def manifest(self) -> dict:
         return json.loads((self.path / "manifest.json").read_text())
 
