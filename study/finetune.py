@@ -100,6 +100,16 @@ class TrainingExample:
     id: int
     input_ids: list[int]
     completion_start: int
+    loss_mask: tuple[bool, ...] | None = None
+    """One flag per completion token; False excludes that token from the loss. None keeps every token."""
+
+    def __post_init__(self):
+        completion_length = len(self.input_ids) - self.completion_start
+        if self.loss_mask is not None and len(self.loss_mask) != completion_length:
+            raise StudyError(
+                f"training row {self.id}: loss_mask has {len(self.loss_mask)} flags for "
+                f"{completion_length} completion tokens; cut the mask to the tokens kept after max_length"
+            )
 
 
 def tokenize_example(tokenizer, row_id: int, messages: list[dict], prefill: str, completion: str,
@@ -158,6 +168,8 @@ def _collate(examples: list[TrainingExample], pad_id: int):
         input_ids[row, :length] = torch.tensor(example.input_ids)
         attention_mask[row, :length] = 1
         for index in range(example.completion_start, length):
+            if example.loss_mask is not None and not example.loss_mask[index - example.completion_start]:
+                continue
             positions.append((row, index - 1))
             targets.append(example.input_ids[index])
     return input_ids, attention_mask, torch.tensor(positions), torch.tensor(targets)
@@ -280,6 +292,9 @@ def train(
             for micro_start in range(0, len(step_ids), settings.batch_size):
                 batch = [examples[i] for i in step_ids[micro_start: micro_start + settings.batch_size]]
                 input_ids, attention_mask, positions, targets = _collate(batch, pad_id)
+                if len(targets) == 0:
+                    # Every completion token of this batch is masked out, so it adds no loss.
+                    continue
                 device = model.device
                 input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
