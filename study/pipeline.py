@@ -74,6 +74,8 @@ class Runner:
     plan: dict[str, dict] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     eval_stages: list[Stage] = field(default_factory=list)
+    row_transform: Callable[[RowSet], RowSet] | None = None
+    """Derives each teacher's own rows after the size cap (the suite's shuffled-numbers control)."""
 
     # -- identities ---------------------------------------------------------
 
@@ -274,6 +276,8 @@ class Runner:
         own = {w: self.row_set(w, config.teacher(w).decoding) for w in dict.fromkeys(own_writers)}
         size = min((len(r.rows) for r in own.values()), default=None) if config.data.match_sizes else None
         own = {w: self.capped(r, size) for w, r in own.items()}
+        if self.row_transform is not None:
+            own = {w: self.row_transform(r) for w, r in own.items()}
         shared = None
         needs_shared = any(s.rows == "shared" for s in config.students) or (
             config.context is not None and config.context.rows == "shared")
