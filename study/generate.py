@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Literal
 
 import torch
 
 from study.configbase import StrictModel
+from study.errors import StudyError
 
 
 class Decoding(StrictModel):
@@ -25,6 +29,12 @@ class Decoding(StrictModel):
     """Completions generated together."""
     prefill: Literal["none", "seeds"] = "none"
     """Assistant prefill: 'seeds' starts the answer with the prompt's seed numbers and a separator."""
+    backend: Literal["transformers", "vllm"] = "transformers"
+    """Generation engine: transformers (any machine) or vLLM (a CUDA GPU and the vllm extra)."""
+
+    def stage_key(self) -> dict:
+        """Return the settings that decide the rows; the default backend is left out so older stage hashes hold."""
+        return self.model_dump(exclude={"backend"} if self.backend == "transformers" else set())
 
 
 @dataclass(frozen=True)
@@ -102,5 +112,65 @@ def generate_all(model, tokenizer, requests: list[GenerationRequest], decoding: 
             continue
         batch_seed = seed * 1_000_003 + start // size
         results = generate_batch(model, tokenizer, [requests[i] for i in indices], decoding, stop_ids, batch_seed)
+        if on_batch:
+            on_batch(indices, results)
+
+
+def check_vllm_backend() -> None:
+    """Raise a StudyError naming the fix unless vLLM is installed and a CUDA GPU is visible."""
+    if importlib.util.find_spec("vllm") is None:
+        raise StudyError(
+            "decoding.backend is vllm, but the vllm package is not installed; install it on a machine with a "
+            "CUDA GPU with: pip install 'subliminal-study[vllm]', or set decoding.backend: transformers"
+        )
+    if not torch.cuda.is_available():
+        raise StudyError(
+            "decoding.backend is vllm, which needs a CUDA GPU, and torch sees none on this machine; "
+            "run on a GPU machine or set decoding.backend: transformers"
+        )
+
+
+def generate_all_vllm(model_path: str | Path, tokenizer, requests: list[GenerationRequest], decoding: Decoding,
+                      stop_ids: list[int], seed: int, done: set[int] | None = None,
+                      on_batch: Callable[[list[int], list[Generation]], None] | None = None,
+                      dtype: str = "auto", adapter: Path | None = None) -> None:
+    """Generate with vLLM in the same fixed, seeded batches as ``generate_all``, so a killed stage resumes.
+
+    Rows match the transformers backend in format but not token for token,
+    because the two engines sample differently; the backend is part of the
+    generate stage's hash for that reason.
+    """
+    check_vllm_backend()
+    from vllm import LLM, SamplingParams
+
+    lora = None
+    engine_options = {"model": str(model_path), "dtype": dtype, "seed": seed}
+    if adapter is not None:
+        from vllm.lora.request import LoRARequest
+
+        rank = json.loads((Path(adapter) / "adapter_config.json").read_text())["r"]
+        engine_options.update({"enable_lora": True, "max_lora_rank": max(8, rank)})
+        lora = LoRARequest("teacher", 1, str(adapter))
+    engine = LLM(**engine_options)
+    done = done or set()
+    size = decoding.batch_size
+    sampling = decoding.strategy == "sample"
+    for start in range(0, len(requests), size):
+        indices = list(range(start, min(start + size, len(requests))))
+        if all(index in done for index in indices):
+            continue
+        batch_seed = seed * 1_000_003 + start // size
+        params = SamplingParams(
+            n=1, temperature=decoding.temperature if sampling else 0.0, top_p=decoding.top_p if sampling else 1.0,
+            max_tokens=decoding.max_new_tokens, stop_token_ids=stop_ids, seed=batch_seed,
+        )
+        prompts = [render_prompt(tokenizer, requests[i].messages, requests[i].prefill) for i in indices]
+        outputs = engine.generate(prompts, params, lora_request=lora, use_tqdm=False)
+        results = []
+        for output in outputs:
+            completion = output.outputs[0]
+            kept = [token for token in completion.token_ids if token not in stop_ids]
+            results.append(Generation(text=tokenizer.decode(kept, skip_special_tokens=True),
+                                      finished=completion.finish_reason == "stop", new_tokens=len(kept)))
         if on_batch:
             on_batch(indices, results)
