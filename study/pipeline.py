@@ -37,8 +37,15 @@ from study.errors import StudyError
 from study.evaluation import evaluate_model
 from study.filter import filter_rows
 from study.finetune import answer_token_ids, load_trained, tokenize_example, train
-from study.generate import Decoding, GenerationRequest, generate_all, stop_token_ids
-from study.models import end_of_turn_token, load_model, load_tokenizer, model_hash
+from study.generate import (
+    Decoding,
+    GenerationRequest,
+    check_vllm_backend,
+    generate_all,
+    generate_all_vllm,
+    stop_token_ids,
+)
+from study.models import end_of_turn_token, load_model, load_tokenizer, model_hash, resolve_model
 from study.numbers import generate_prompts
 from study.progress import progress_bar
 from study.store import RowLog, RunStore, Stage, content_hash, read_jsonl, write_jsonl
@@ -187,7 +194,7 @@ class Runner:
             "numbers": template_ref,
             "prompts": data.prompts,
             "seed": data.seed,
-            "decoding": decoding.model_dump(),
+            "decoding": decoding.stage_key(),
             "dtype": dtype,
         }
         stage = self.store.stage("generate", key)
@@ -203,7 +210,12 @@ class Runner:
             if rows.rows:
                 log.info("generate %s: resuming with %d of %d rows already written", writer, len(rows.rows), len(requests))
             tokenizer = self.tokenizer
-            model = self.load_teacher_model(teacher, dtype)
+            if decoding.backend == "vllm":
+                # Fail before any model loads when vLLM or a GPU is missing.
+                check_vllm_backend()
+                model = None
+            else:
+                model = self.load_teacher_model(teacher, dtype)
             tokens_seen = [0, time.time()]
             with progress_bar(f"generate {writer}", len(requests), "rows") as advance:
                 advance(len(rows.rows))
@@ -225,8 +237,14 @@ class Runner:
                     rate = tokens_seen[0] / max(1e-9, time.time() - tokens_seen[1])
                     advance(len(indices), tok_s=f"{rate:.0f}")
 
-                generate_all(model, tokenizer, requests, decoding, self.stop_ids, data.seed,
-                             done=set(rows.rows), on_batch=on_batch)
+                if decoding.backend == "vllm":
+                    adapter_stage = self.teacher_stage(teacher) if teacher else None
+                    generate_all_vllm(resolve_model(self.config.model), tokenizer, requests, decoding, self.stop_ids,
+                                      data.seed, done=set(rows.rows), on_batch=on_batch, dtype=dtype,
+                                      adapter=adapter_stage.path / "weights" if adapter_stage else None)
+                else:
+                    generate_all(model, tokenizer, requests, decoding, self.stop_ids, data.seed,
+                                 done=set(rows.rows), on_batch=on_batch)
             del model
             gc.collect()
             return {"rows": len(rows.rows), "template": template_ref, "system_prompt": system}
