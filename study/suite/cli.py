@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from study.progress import console, setup_logging
 
 MAX_CELLS_SHOWN = 60
+# Plans and status tables are the commands' output, so they go to stdout; logs and progress use stderr.
+output = Console()
 
 
 class ExecutorName(str, enum.Enum):
@@ -32,9 +35,9 @@ def print_plan(plan, suite_dir: Path) -> None:
         names = plan.cell_stages.get(cell.id, [])
         pending = sum(not plan.stages[name]["cached"] for name in names)
         table.add_row(cell.id, cell.label(), str(len(names)), str(pending))
-    console.print(table)
+    output.print(table)
     if len(plan.cells) > MAX_CELLS_SHOWN:
-        console.print(f"... and {len(plan.cells) - MAX_CELLS_SHOWN} more cells")
+        output.print(f"... and {len(plan.cells) - MAX_CELLS_SHOWN} more cells")
 
     by_kind = Table(title="Stages, each shared stage counted once")
     for column in ("kind", "to run", "cached", "work (first stage to run)"):
@@ -44,9 +47,9 @@ def print_plan(plan, suite_dir: Path) -> None:
     for kind in dict.fromkeys(entry["kind"] for entry in plan.stages.values()):
         example = next((e["work"] for e in plan.stages.values() if e["kind"] == kind and not e["cached"]), "")
         by_kind.add_row(kind, str(to_run[kind]), str(cached[kind]), example)
-    console.print(by_kind)
+    output.print(by_kind)
     pending = sum(to_run.values())
-    console.print(f"{len(plan.cells)} cells, {len(plan.stages)} stages: {pending} to run, "
+    output.print(f"{len(plan.cells)} cells, {len(plan.stages)} stages: {pending} to run, "
                   f"{len(plan.stages) - pending} cached. Stages after an unfinished filter stage are planned "
                   "with the rows known so far, so later stage counts are estimates.")
 
@@ -90,9 +93,9 @@ def print_status(suite_dir: Path) -> None:
         log_path = index.log_path(cell.id)
         table.add_row(cell.id, cell.label(), state, str(row.get("attempts") or 0), seconds,
                       row.get("error") or "", str(log_path) if log_path.exists() else "")
-    console.print(table)
+    output.print(table)
     counts = cell_counts(plan, statuses)
-    console.print(", ".join(f"{state} {counts[state]}" for state in
+    output.print(", ".join(f"{state} {counts[state]}" for state in
                             ("done", "cached", "running", "failed", "pending")) + f" of {len(plan.cells)} cells")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 from study.config import ExperimentConfig
 from study.store import content_hash
@@ -32,7 +33,7 @@ class Cell:
     icl_format: str | None
     seed: int | None
 
-    @property
+    @cached_property
     def id(self) -> str:
         return content_hash(asdict(self), length=12)
 

@@ -68,7 +68,10 @@ def summary_markdown(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "No cell has finished yet.\n"
     keys = [c for c in FACTOR_COLUMNS if c not in ("seed", "trait")] + ["target", "n_rows"]
-    grouped = frame.fillna({key: "-" for key in keys}).groupby(keys, dropna=False, sort=True)
+    table = frame.copy()
+    for key in keys:
+        table[key] = table[key].astype(object).where(table[key].notna(), "-").astype(str)
+    grouped = table.groupby(keys, sort=True)
     lines = ["| " + " | ".join(keys) + " | seeds | mean P(target) | share | sampled rate |",
              "|" + "---|" * (len(keys) + 4)]
     for values, group in grouped:
