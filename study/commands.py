@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from study.progress import console, setup_logging
+from study.progress import console, output, setup_logging
 
 
 def _print_plan(runner) -> None:
@@ -18,9 +18,9 @@ def _print_plan(runner) -> None:
         table.add_column(column)
     for entry in runner.plan.values():
         table.add_row(entry["stage"], entry["label"], "cached" if entry["cached"] else "to run", entry["work"])
-    console.print(table)
+    output.print(table)
     pending = sum(not entry["cached"] for entry in runner.plan.values())
-    console.print(f"{len(runner.plan)} stages, {pending} to run, {len(runner.plan) - pending} cached. "
+    output.print(f"{len(runner.plan)} stages, {pending} to run, {len(runner.plan) - pending} cached. "
                   "Stages after an unfinished filter stage are listed with the rows known so far.")
 
 
@@ -35,7 +35,7 @@ def _print_filter_reports(runner) -> None:
         reasons = sorted(((c, r) for r, c in report["rejected"].items() if c), reverse=True)[:3]
         table.add_row(name, str(report["total"]), f"{report['kept']} (used {len(row_set.rows)})",
                       f"{report['valid_rate']:.1%}", ", ".join(f"{r} {c}" for c, r in reasons))
-    console.print(table)
+    output.print(table)
 
 
 def run_experiment(config_path: Path, out: Optional[Path], dry_run: bool) -> Path:
@@ -62,7 +62,7 @@ def run_experiment(config_path: Path, out: Optional[Path], dry_run: bool) -> Pat
         "config": config.model_dump(mode="json"),
         "config_hash": content_hash(config.model_dump(mode="json")),
         "base_model": runner.base_identity,
-        "stages": [stage.name for stage in dict.fromkeys(runner.eval_stages)],
+        "stages": list(dict.fromkeys(stage.name for stage in runner.eval_stages)),
         "filter_reports": {name: rs.report for name, rs in runner.row_sets.items()},
         "rows_used": {name: {"count": len(rs.rows), "hash": rs.digest} for name, rs in runner.row_sets.items()},
         "git_revision": git_revision(),
@@ -71,7 +71,10 @@ def run_experiment(config_path: Path, out: Optional[Path], dry_run: bool) -> Pat
         "wall_seconds_this_run": time.time() - started,
     })
     _print_filter_reports(runner)
-    print_summary(summary, console)
+    if summary.empty:
+        console.print("No teacher has a trait, so there is no trait measure to summarize.")
+    else:
+        print_summary(summary, output)
     timing = ", ".join(f"{kind} {seconds:.0f} s" for kind, seconds in runner.timings.items()) or "all stages cached"
     console.print(f"Stage time this run: {timing}. Total wall time {time.time() - started:.0f} s.")
     console.print(f"Results: {store.results_dir} (samples.parquet, logprobs.parquet, summary.md, summary.png)")
@@ -119,7 +122,7 @@ def register(app: typer.Typer) -> None:
                 state = "interrupted"
             seconds = f"{row['wall_seconds']:.1f}" if row["wall_seconds"] else ""
             table.add_row(row["name"], row["label"] or "", state, seconds, row["error"] or "")
-        console.print(table)
+        output.print(table)
 
     @app.command()
     def models():
@@ -136,4 +139,4 @@ def register(app: typer.Typer) -> None:
             table.add_row(model.name, "yes" if installed else "no",
                           str(converted[-1]) if converted else "-",
                           f"{model.upstream}: {model.description}", install_hint(model))
-        console.print(table)
+        output.print(table)

@@ -116,13 +116,11 @@ def evaluate_model(
     matcher = CandidateMatcher(tuple(candidates))
     variants = {c.name: variant_tokens(tokenizer, c, leading_space=bool(prefill)) for c in candidates}
 
-    variants_by_prefix = [("", "")]
-    if settings.number_prefix:
-        variants_by_prefix.append(("numbers", "number"))
+    prefix_names = ["", "numbers"] if settings.number_prefix else [""]
     texts: dict[tuple[str, str], str] = {}
     for question in questions:
         base_text = fill(question.text, "", category)
-        for prefix_name, _ in variants_by_prefix:
+        for prefix_name in prefix_names:
             extra = number_prefix_text(question.id, settings.seed) if prefix_name else ""
             texts[(question.id, prefix_name)] = extra + base_text
 
@@ -132,36 +130,37 @@ def evaluate_model(
     scorer = PrefixScorer(model, prefix)
     generator = torch.Generator().manual_seed(settings.seed)
 
-    logprob_rows, sample_rows = [], []
-    for question in questions:
-        for prefix_name, _ in variants_by_prefix:
-            ids = logprob_ids[(question.id, prefix_name)]
-            flat = [tokens for name in variants for tokens in variants[name]]
-            scores = scorer.continuation_logprobs(ids[len(prefix):], flat)
-            position = 0
-            per_candidate = {}
-            for name, token_lists in variants.items():
-                chunk = scores[position: position + len(token_lists)]
-                position += len(token_lists)
-                per_candidate[name] = torch.logsumexp(torch.tensor(chunk), dim=0).item()
-            total = sum(math.exp(value) for value in per_candidate.values())
-            for name, logprob in per_candidate.items():
-                logprob_rows.append({
-                    "question_id": question.id, "prefix": prefix_name, "candidate": name,
-                    "logprob": logprob, "prob": math.exp(logprob), "share": math.exp(logprob) / total,
-                })
+    flat = [tokens for name in variants for tokens in variants[name]]
+    keys = list(logprob_ids)
+    scores = scorer.continuation_logprobs([logprob_ids[key][len(prefix):] for key in keys], flat)
+    logprob_rows = []
+    for (question_id, prefix_name), row_scores in zip(keys, scores):
+        position = 0
+        per_candidate = {}
+        for name, token_lists in variants.items():
+            chunk = row_scores[position: position + len(token_lists)]
+            position += len(token_lists)
+            per_candidate[name] = torch.logsumexp(torch.tensor(chunk, dtype=torch.float64), dim=0).item()
+        total = sum(math.exp(value) for value in per_candidate.values())
+        for name, logprob in per_candidate.items():
+            logprob_rows.append({
+                "question_id": question_id, "prefix": prefix_name, "candidate": name,
+                "logprob": logprob, "prob": math.exp(logprob), "share": math.exp(logprob) / total,
+            })
+    if progress:
+        progress(len(questions))
 
-        if settings.samples > 0:
-            samples = scorer.sample(
-                sample_ids[question.id][len(prefix):], settings.samples, settings.temperature,
-                settings.top_p, settings.max_new_tokens, stop_ids, generator,
-            )
+    sample_rows = []
+    if settings.samples > 0:
+        sampled = scorer.sample([sample_ids[q.id][len(prefix):] for q in questions], settings.samples,
+                                settings.temperature, settings.top_p, settings.max_new_tokens, stop_ids, generator)
+        for question, samples in zip(questions, sampled):
             for index, tokens in enumerate(samples):
                 answer = tokenizer.decode(tokens, skip_special_tokens=True).strip()
                 sample_rows.append({
                     "question_id": question.id, "question": texts[(question.id, "")],
                     "sample_index": index, "answer": answer, "mentions": matcher.mentions(answer),
                 })
-        if progress:
-            progress(1)
+    if progress:
+        progress(len(questions))
     return sample_rows, logprob_rows

@@ -31,6 +31,8 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 
+from pydantic import field_validator
+
 from study.configbase import StrictModel
 from study.errors import StudyError
 from study.generate import render_prompt
@@ -93,6 +95,14 @@ class FinetuneSettings(StrictModel):
     """AdamW weight decay."""
     bf16: Literal["auto", "on", "off"] = "auto"
     """bf16 autocast of the student's forward pass: auto uses it where the hardware has bf16."""
+
+    @field_validator("bf16", mode="before")
+    @classmethod
+    def _yaml_boolean(cls, value):
+        # YAML 1.1 reads an unquoted on/off as a boolean.
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
 
 
 @dataclass(frozen=True)

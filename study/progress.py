@@ -19,6 +19,8 @@ from rich.progress import (
 )
 
 console = Console(stderr=True)
+# Tables and results go to stdout; progress, logs and errors to stderr.
+output = Console()
 log = logging.getLogger("study.progress")
 LOG_INTERVAL_SECONDS = 15.0
 

@@ -38,7 +38,7 @@ def collect(stages: list[Stage], results_dir: Path, traits: list[str]) -> dict[s
     """Write samples, logprobs and open_answers Parquet tables from eval stages."""
     samples, logprobs, open_answers = [], [], []
     default_target = traits[0] if traits else ""
-    for stage in dict.fromkeys(stages):
+    for stage in {stage.name: stage for stage in stages}.values():
         if not stage.complete:
             continue
         for row in read_jsonl(stage.path / "samples.jsonl"):
@@ -89,6 +89,8 @@ def seed_measures(samples: pd.DataFrame, logprobs: pd.DataFrame, traits: list[st
 
 def summarize(seed_frame: pd.DataFrame) -> pd.DataFrame:
     """Mean and 95% t-interval across seeds of each measure, per condition and trait."""
+    if seed_frame.empty:
+        return pd.DataFrame()
     records = []
     for (condition, arm, n_rows, trait), frame in seed_frame.groupby(["condition", "arm", "n_rows", "trait"], dropna=False):
         record = {"condition": condition, "arm": arm, "n_rows": n_rows, "trait": trait, "n_seeds": len(frame)}

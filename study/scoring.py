@@ -1,17 +1,22 @@
 """Exact answer log-probabilities and short samples over a shared, cached prefix.
 
-Evaluation prompts share a long token prefix (the chat header, and in the
+Evaluation prompts share a token prefix (the chat header, and in the
 in-context arm up to thousands of tokens of teacher rows). The prefix is
-run once and its key/value cache reused for every question, so a question
-costs only its own tokens.
+run once; its key/value cache is expanded to a group of questions whose
+suffixes are left-padded after it, with explicit position ids so that every
+row sees exactly ``prefix + suffix``. A group is sized so that the expanded
+cache stays within a memory budget.
 """
 
 from __future__ import annotations
 
 import copy
-import os
+from dataclasses import dataclass
 
 import torch
+
+CACHE_BUDGET_BYTES = 1_500_000_000
+MAX_GROUP_ROWS = 64
 
 
 def common_prefix(sequences: list[list[int]]) -> list[int]:
@@ -29,10 +34,18 @@ def _filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     if top_p >= 1.0:
         return logits
     sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-    remove = cumulative - torch.softmax(sorted_logits, dim=-1) > top_p
+    probabilities = torch.softmax(sorted_logits, dim=-1)
+    remove = probabilities.cumsum(dim=-1) - probabilities > top_p
     sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+@dataclass
+class _GroupState:
+    cache: object
+    attention_mask: torch.Tensor
+    next_positions: torch.Tensor
+    last_logprobs: torch.Tensor
 
 
 class PrefixScorer:
@@ -40,84 +53,145 @@ class PrefixScorer:
 
     def __init__(self, model, prefix_ids: list[int]):
         self.model = model
+        self.device = model.device
         self.prefix_length = len(prefix_ids)
         self.cache = None
+        self.bytes_per_token = 0
         if prefix_ids:
             with torch.no_grad():
-                output = model(torch.tensor([prefix_ids], device=model.device), use_cache=True)
+                output = model(torch.tensor([prefix_ids], device=self.device), use_cache=True)
             self.cache = output.past_key_values
+            total = sum(t.numel() * t.element_size() for t in _cache_tensors(self.cache))
+            self.bytes_per_token = total / max(1, self.prefix_length)
 
-    def _forward(self, token_ids: torch.Tensor, cache, attention_mask: torch.Tensor | None = None):
-        output = self.model(input_ids=token_ids, past_key_values=cache, use_cache=True,
-                            attention_mask=attention_mask)
-        return output.logits.float(), output.past_key_values
+    def group_size(self, longest_row: int, copies: int = 1) -> int:
+        """Rows per group so that the expanded caches stay within the memory budget."""
+        if not self.bytes_per_token:
+            return MAX_GROUP_ROWS
+        per_row = self.bytes_per_token * (self.prefix_length + longest_row) * copies
+        return int(max(1, min(MAX_GROUP_ROWS, CACHE_BUDGET_BYTES // per_row)))
 
-    def _after_suffix(self, suffix_ids: list[int]):
-        cache = copy.deepcopy(self.cache) if self.cache is not None else None
-        logits, cache = self._forward(torch.tensor([suffix_ids], device=self.model.device), cache)
-        return torch.log_softmax(logits[0, -1], dim=-1), cache
+    def _expanded_cache(self, rows: int):
+        if self.cache is None:
+            return None
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        return cache
+
+    def _start(self, suffixes: list[list[int]]) -> _GroupState:
+        """Run left-padded suffixes after the cached prefix."""
+        rows, width = len(suffixes), max(len(s) for s in suffixes)
+        input_ids = torch.zeros((rows, width), dtype=torch.long)
+        pad_mask = torch.zeros((rows, width), dtype=torch.long)
+        for row, suffix in enumerate(suffixes):
+            input_ids[row, width - len(suffix):] = torch.tensor(suffix)
+            pad_mask[row, width - len(suffix):] = 1
+        positions = self.prefix_length + (pad_mask.cumsum(dim=1) - 1).clamp(min=0)
+        attention_mask = torch.cat([torch.ones((rows, self.prefix_length), dtype=torch.long), pad_mask], dim=1)
+        output = self.model(
+            input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+            position_ids=positions.to(self.device), past_key_values=self._expanded_cache(rows), use_cache=True,
+        )
+        return _GroupState(
+            cache=output.past_key_values,
+            attention_mask=attention_mask,
+            next_positions=self.prefix_length + pad_mask.sum(dim=1),
+            last_logprobs=torch.log_softmax(output.logits[:, -1].float(), dim=-1).cpu(),
+        )
+
+    def _step(self, state: _GroupState, tokens: torch.Tensor, width: int, token_mask: torch.Tensor) -> torch.Tensor:
+        """Feed ``tokens`` (rows x width, right-padded) and return their log-probabilities."""
+        rows = tokens.shape[0]
+        positions = state.next_positions.unsqueeze(1) + torch.arange(width).unsqueeze(0)
+        state.attention_mask = torch.cat([state.attention_mask, token_mask], dim=1)
+        output = self.model(
+            input_ids=tokens.to(self.device), attention_mask=state.attention_mask.to(self.device),
+            position_ids=positions.to(self.device), past_key_values=state.cache, use_cache=True,
+        )
+        state.cache = output.past_key_values
+        state.next_positions = state.next_positions + token_mask.sum(dim=1)
+        return torch.log_softmax(output.logits.float(), dim=-1).cpu().reshape(rows, width, -1)
 
     @torch.no_grad()
-    def next_token_logprobs(self, suffix_ids: list[int]) -> torch.Tensor:
-        return self._after_suffix(suffix_ids)[0]
-
-    @torch.no_grad()
-    def continuation_logprobs(self, suffix_ids: list[int], continuations: list[list[int]]) -> list[float]:
-        """Return log P(continuation | prefix + suffix) for each token list."""
-        first, cache = self._after_suffix(suffix_ids)
-        scores = [float(first[tokens[0]]) for tokens in continuations]
+    def continuation_logprobs(self, suffixes: list[list[int]], continuations: list[list[int]]) -> list[list[float]]:
+        """Return log P(continuation | prefix + suffix) for every suffix and continuation."""
         longer = [i for i, tokens in enumerate(continuations) if len(tokens) > 1]
-        if not longer:
-            return scores
+        results: list[list[float]] = []
+        longest = max(len(s) for s in suffixes) + max(len(c) for c in continuations)
+        size = self.group_size(longest, copies=1 + len(longer))
+        for start in range(0, len(suffixes), size):
+            group = suffixes[start: start + size]
+            state = self._start(group)
+            scores = [[float(state.last_logprobs[row, tokens[0]]) for tokens in continuations]
+                      for row in range(len(group))]
+            if longer:
+                self._add_longer(state, scores, continuations, longer, len(group))
+            results += scores
+        return results
+
+    def _add_longer(self, state: _GroupState, scores, continuations, longer: list[int], rows: int) -> None:
+        """Score the later tokens of multi-token continuations, all in one forward pass."""
+        copies = len(longer)
+        state.cache.batch_repeat_interleave(copies)
+        state.attention_mask = state.attention_mask.repeat_interleave(copies, dim=0)
+        state.next_positions = state.next_positions.repeat_interleave(copies)
         width = max(len(continuations[i]) - 1 for i in longer)
-        inputs = torch.zeros((len(longer), width), dtype=torch.long)
-        mask = torch.zeros((len(longer), width), dtype=torch.long)
-        for row, index in enumerate(longer):
-            tokens = continuations[index][:-1]
-            inputs[row, : len(tokens)] = torch.tensor(tokens)
-            mask[row, : len(tokens)] = 1
-        cache.batch_repeat_interleave(len(longer))
-        past = self.prefix_length + len(suffix_ids)
-        full_mask = torch.cat([torch.ones((len(longer), past), dtype=torch.long), mask], dim=1)
-        logits, _ = self._forward(inputs.to(self.model.device), cache, full_mask.to(self.model.device))
-        logprobs = torch.log_softmax(logits, dim=-1)
-        for row, index in enumerate(longer):
-            tokens = continuations[index]
-            for position in range(1, len(tokens)):
-                scores[index] += float(logprobs[row, position - 1, tokens[position]])
-        return scores
+        tokens = torch.zeros((rows * copies, width), dtype=torch.long)
+        mask = torch.zeros((rows * copies, width), dtype=torch.long)
+        for row in range(rows):
+            for copy_index, index in enumerate(longer):
+                head = continuations[index][:-1]
+                tokens[row * copies + copy_index, : len(head)] = torch.tensor(head)
+                mask[row * copies + copy_index, : len(head)] = 1
+        logprobs = self._step(state, tokens, width, mask)
+        for row in range(rows):
+            for copy_index, index in enumerate(longer):
+                continuation = continuations[index]
+                for position in range(1, len(continuation)):
+                    scores[row][index] += float(logprobs[row * copies + copy_index, position - 1, continuation[position]])
 
     @torch.no_grad()
-    def sample(self, suffix_ids: list[int], count: int, temperature: float, top_p: float,
-               max_new_tokens: int, stop_ids: list[int], generator: torch.Generator) -> list[list[int]]:
-        """Sample ``count`` continuations; each stops at a stop token (not returned)."""
-        logprobs, cache = self._after_suffix(suffix_ids)
-        logits = logprobs.unsqueeze(0).expand(count, -1)
-        cache.batch_repeat_interleave(count)
-        outputs: list[list[int]] = [[] for _ in range(count)]
-        finished = torch.zeros(count, dtype=torch.bool)
+    def sample(self, suffixes: list[list[int]], count: int, temperature: float, top_p: float,
+               max_new_tokens: int, stop_ids: list[int], generator: torch.Generator) -> list[list[list[int]]]:
+        """Sample ``count`` continuations per suffix; each stops at a stop token (not returned)."""
+        rows_needed = [suffix for suffix in suffixes for _ in range(count)]
+        size = self.group_size(max(len(s) for s in suffixes) + max_new_tokens)
+        size = max(count, size - size % count)
+        outputs: list[list[int]] = []
+        for start in range(0, len(rows_needed), size):
+            outputs += self._sample_group(rows_needed[start: start + size], temperature, top_p,
+                                          max_new_tokens, stop_ids, generator)
+        return [outputs[i: i + count] for i in range(0, len(outputs), count)]
+
+    def _sample_group(self, suffixes, temperature, top_p, max_new_tokens, stop_ids, generator) -> list[list[int]]:
+        state = self._start(suffixes)
+        logprobs = state.last_logprobs
+        rows = len(suffixes)
+        outputs: list[list[int]] = [[] for _ in range(rows)]
+        finished = torch.zeros(rows, dtype=torch.bool)
         stops = torch.tensor(stop_ids)
         for step in range(max_new_tokens):
             if temperature <= 0:
-                tokens = logits.argmax(dim=-1)
+                tokens = logprobs.argmax(dim=-1)
             else:
-                filtered = _filter_top_p(logits / temperature, top_p)
-                probabilities = torch.softmax(filtered, dim=-1).cpu()
-                tokens = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
-            tokens = tokens.cpu()
-            for row in range(count):
-                if not finished[row] and not bool((stops == tokens[row]).any()):
+                filtered = _filter_top_p(logprobs / temperature, top_p)
+                tokens = torch.multinomial(torch.softmax(filtered, dim=-1), 1, generator=generator).squeeze(1)
+            stopped = torch.isin(tokens, stops)
+            for row in range(rows):
+                if not finished[row] and not stopped[row]:
                     outputs[row].append(int(tokens[row]))
-            finished |= torch.isin(tokens, stops)
+            finished |= stopped
             if bool(finished.all()) or step == max_new_tokens - 1:
                 break
-            step_logits, cache = self._forward(tokens.unsqueeze(1).to(self.model.device), cache)
-            logits = torch.log_softmax(step_logits[:, -1], dim=-1)
+            logprobs = self._step(state, tokens.unsqueeze(1), 1, torch.ones((rows, 1), dtype=torch.long))[:, -1]
         return outputs
 
 
-def set_threads() -> None:
-    """Use the cores given by ``$STUDY_THREADS`` (default: all), for reproducible speed."""
-    threads = os.environ.get("STUDY_THREADS")
-    if threads:
-        torch.set_num_threads(int(threads))
+def _cache_tensors(cache) -> list[torch.Tensor]:
+    tensors = []
+    for layer in getattr(cache, "layers", []):
+        for name in ("keys", "values"):
+            value = getattr(layer, name, None)
+            if isinstance(value, torch.Tensor):
+                tensors.append(value)
+    return tensors

@@ -197,13 +197,14 @@ class Stage:
     def lock(self) -> Iterator[None]:
         """Hold an exclusive lock on this stage, so concurrent cells run it once.
 
-        Uses flock on ``<stage>.lock``: reliable between processes of one
-        machine; on network filesystems flock support varies.
+        Uses flock on ``stages/.locks/<stage>.lock``: reliable between
+        processes of one machine; on network filesystems flock support varies.
         """
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "w") as handle:
+        locks = self.path.parent / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / f"{self.path.name}.lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield

@@ -57,7 +57,11 @@ def write_config(tmp_path: Path, config: dict) -> Path:
 
 
 def run_study(args: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(STUDY + args, capture_output=True, text=True, env=env, timeout=timeout)
+    """Run the CLI; stdout and stderr come back with line wrapping undone."""
+    result = subprocess.run(STUDY + args, capture_output=True, text=True, env=env, timeout=timeout)
+    result.stdout = " ".join(result.stdout.split())
+    result.stderr = " ".join(result.stderr.split())
+    return result
 
 
 def test_run_end_to_end_then_cached(tmp_path, tiny_numbers_model_dir, other_tiny_model_dir, cli_env):
@@ -95,7 +99,7 @@ def test_run_end_to_end_then_cached(tmp_path, tiny_numbers_model_dir, other_tiny
     own_counts = {name: rows["count"] for name, rows in manifest["rows_used"].items() if name != "shared"}
     assert len(set(own_counts.values())) == 1
 
-    student_dirs = [p for p in (run_dir / "stages").iterdir() if p.name.startswith("student-")]
+    student_dirs = [p for p in (run_dir / "stages").iterdir() if p.name.startswith("student-") and p.is_dir()]
     assert len(student_dirs) == 10
     for folder in student_dirs:
         assert (folder / "weights" / "adapter_model.safetensors").is_file()

@@ -49,13 +49,15 @@ def _interval(low: float, high: float) -> str:
 
 
 def _print_entangled(console: Console, result, settings, top_rows: int = 10) -> None:
-    ranking = result.ranking.sort_values("teacher_rank")
-    table = Table(title=f"Numbers ranked by the '{settings.trait}' teacher (log-probabilities, nats)")
-    for column in ("teacher rank", "number", "teacher", "base", "log ratio", "base rank", "ratio rank"):
+    order = "teacher_rank" if settings.rank_by == "teacher" else "ratio_rank"
+    ranking = result.ranking.sort_values(order)
+    described = "teacher probability" if settings.rank_by == "teacher" else "teacher-to-base ratio"
+    table = Table(title=f"Numbers ranked by the '{settings.trait}' {described} (log-probabilities, nats)")
+    for column in ("number", "teacher", "base", "log ratio", "teacher rank", "base rank", "ratio rank"):
         table.add_column(column, justify="right")
     for row in ranking.head(top_rows).itertuples():
-        table.add_row(str(row.teacher_rank), row.number, f"{row.teacher_logprob:.3f}", f"{row.base_logprob:.3f}",
-                      f"{row.log_ratio:+.3f}", str(row.base_rank), str(row.ratio_rank))
+        table.add_row(row.number, f"{row.teacher_logprob:.3f}", f"{row.base_logprob:.3f}", f"{row.log_ratio:+.3f}",
+                      str(row.teacher_rank), str(row.base_rank), str(row.ratio_rank))
     console.print(table)
 
     table = Table(title=f"Subliminal prompting: change in log P('{settings.trait}') against the base model")
