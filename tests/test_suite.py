@@ -145,10 +145,17 @@ def test_dry_run_prints_plan(tmp_path, tiny_numbers_model_dir, cli_env):
 
 
 def test_shipped_suites_plan(tmp_path, cli_env):
-    for name, cells in (("ablation-small", None), ("paper-suite", None)):
-        result = run_study(["suite", name, "--dry-run", "--out", str(tmp_path / name)], cli_env)
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert " cells, " in result.stdout
+    from study.resources import resolve_config
+    from study.suite.config import load_suite
+    from study.suite.run import plan_suite
+
+    # Validating ablation-small needs no model; its dry run would convert the GGUF model (about 30 s).
+    small = plan_suite(load_suite(resolve_config("ablation-small")))
+    assert len(small.cells) == 25
+    assert {cell.arm for cell in small.cells} == {"base", "finetune", "context", "control", "control_context"}
+    result = run_study(["suite", "paper-suite", "--dry-run", "--out", str(tmp_path / "paper")], cli_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4061 cells" in result.stdout
 
 
 # -- the local executor, resume and kill --------------------------------------
@@ -369,6 +376,10 @@ def test_slurm_executor_through_sbatch(tmp_path, tiny_numbers_model_dir, fake_sl
     text = scripts[0].read_text()
     assert "#SBATCH --partition=debug" in text
     assert "#SBATCH --time=10" in text
+    # The job's wrapper writes its final state just after submitit sees the result file.
+    deadline = time.time() + 15
+    while time.time() < deadline and {p.read_text().strip() for p in fake_slurm.glob("*.state")} != {"COMPLETED"}:
+        time.sleep(0.2)
     assert {p.read_text().strip() for p in fake_slurm.glob("*.state")} == {"COMPLETED"}
 
 
