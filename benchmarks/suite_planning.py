@@ -1,10 +1,10 @@
 """Time suite planning at 1,000 cells and a rerun of a fully cached suite.
 
-1. Planning: the paper-suite base with factor levels that expand to 1,000
-   cells; the timed part expands the grid, validates every cell's
-   ExperimentConfig and dry-runs every cell's Runner against an empty suite
-   directory (what `study suite --dry-run` does before printing). Imports are
-   done before the clock starts. Target: under 2 s.
+1. Planning: the paper-suite base with factor levels that expand to more
+   than 1,000 cells, of which the first 1,000 are planned. The timed part
+   expands the grid, validates every cell's ExperimentConfig and dry-runs
+   every cell's Runner against an empty suite directory, as `study suite
+   --dry-run` does. Imports are done before the clock starts. Target: 2 s.
 2. Cached rerun: a suite of 8 cells on the tests' tiny number-writing model
    (built here, offline, in about 15 s) is run once with `study suite`; then the timed runs
    are (a) `study suite` again, which skips the done cells, and (b) the same

@@ -245,7 +245,8 @@ def test_failing_cell_recorded_and_retried(tmp_path, tiny_numbers_model_dir, cli
     rows = cell_rows(suite_dir)
     failed = [row for row in rows.values() if row["status"] == "failed"]
     done = [row for row in rows.values() if row["status"] == "done"]
-    assert len(failed) == 1 and len(done) == 1
+    assert len(failed) == 1
+    assert len(done) == 1
     assert failed[0]["attempts"] == 3
     assert "neither a known short name" in failed[0]["error"]
     assert "late-model" in failed[0]["label"]
@@ -376,7 +377,7 @@ def test_slurm_executor_through_sbatch(tmp_path, tiny_numbers_model_dir, fake_sl
     text = scripts[0].read_text()
     assert "#SBATCH --partition=debug" in text
     assert "#SBATCH --time=10" in text
-    # The job's wrapper writes its final state just after submitit sees the result file.
+    # The job's wrapper writes its final state just after submitit reads the result file.
     deadline = time.time() + 15
     while time.time() < deadline and {p.read_text().strip() for p in fake_slurm.glob("*.state")} != {"COMPLETED"}:
         time.sleep(0.2)
