@@ -43,8 +43,8 @@ def _output_to(path: Path) -> Iterator[None]:
 def run_cell(suite_dir: str, cell_id: str, threads: int = 1) -> dict:
     """Run one cell's experiment in the shared suite directory and return its outcome.
 
-    Raises the cell's error after recording it, so the executor sees the
-    failure and may retry; the stage locks make a retry or a concurrent cell
+    Raises the cell's error after recording it, so the executor receives the
+    failure and may retry. The stage locks make a retry or a concurrent cell
     reuse whatever stages finished.
     """
     import torch

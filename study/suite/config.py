@@ -35,7 +35,7 @@ class Factors(StrictModel):
     lora_rank: list[int] | None = Field(default=None, min_length=1)
     """Student LoRA rank; alpha keeps the base's alpha/rank ratio."""
     teacher_kind: list[Literal["system_prompt", "finetuned", "none"]] | None = Field(default=None, min_length=1)
-    """How the trait is given to the teacher; none turns trait arms into their control arms."""
+    """Teacher kinds (system_prompt, finetuned, none); none turns trait arms into their control arms."""
     temperature: list[float] | None = Field(default=None, min_length=1)
     """Teacher sampling temperature when writing number sequences."""
     student_model: list[str] | None = Field(default=None, min_length=1)
@@ -74,7 +74,7 @@ class SlurmSettings(StrictModel):
 
 
 class RaySettings(StrictModel):
-    """Where cells run on Ray and what each one reserves."""
+    """Ray cluster address and the resources each cell task reserves."""
 
     address: str | None = None
     """Cluster address ('auto' for a running cluster); default a Ray instance already started in this process,

@@ -1,9 +1,9 @@
 """Executors that run cells: a local process pool, Slurm through submitit, and Ray.
 
 Each executor submits ``study.suite.cells.run_cell`` for one cell and hands
-back a handle with ``done()`` and ``result()``; ``drive`` keeps at most
-``max_workers`` cells in flight, retries failed cells and never stops the
-other cells because one failed.
+back a handle with ``done()`` and ``result()``. ``drive`` keeps at most
+``max_workers`` cells in flight and retries failed cells, and a failed cell
+does not stop the others.
 """
 
 from __future__ import annotations

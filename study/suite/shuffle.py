@@ -1,8 +1,8 @@
 """The shuffled-numbers control: a teacher's rows with their numbers permuted across rows.
 
 Every row keeps its prompt, prefill, answer format, separators and count of
-numbers, and the pool of numbers stays the same; only which number sits in
-which row and position changes. A student trained on these rows sees the
+numbers, and the pool of numbers stays the same. Only the row and position
+of each number change. A student trained on these rows sees the
 teacher's format and number statistics without the teacher's sequences.
 """
 
