@@ -137,8 +137,8 @@ def generate_all_vllm(model_path: str | Path, tokenizer, requests: list[Generati
     """Generate with vLLM in the same fixed, seeded batches as ``generate_all``, so a killed stage resumes.
 
     Rows match the transformers backend in format but not token for token,
-    because the two engines sample differently; the backend is part of the
-    generate stage's hash for that reason.
+    because the two engines sample differently. So the backend is part of
+    the generate stage's hash.
     """
     check_vllm_backend()
     from vllm import LLM, SamplingParams
