@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "study.commands",
     "study.judge.cli",
     "study.auxlogits.cli",
+    "study.probes.cli",
     "study.suite.cli",
     "analysis.cli",
 )

@@ -92,6 +92,9 @@ class StudentConfig(StrictModel):
     """Overrides the experiment's finetune settings for this student."""
     distill: DistillSettings = DistillSettings()
     """Teacher distributions for the distill loss."""
+    mask_divergence: bool = False
+    """Drop from the loss the completion tokens where the teacher's and the base model's greedy
+    next tokens differ (divergence tokens, Schrodi et al. 2025)."""
 
 
 class ContextConfig(StrictModel):
@@ -171,6 +174,11 @@ class ExperimentConfig(StrictModel):
                 raise ValueError(f"student '{student.name}' names unknown teacher '{student.teacher}'; teachers: {names}")
             if student.rows == "shared" and self.shared_rows is None:
                 raise ValueError(f"student '{student.name}' uses shared rows; add a shared_rows section")
+            if student.mask_divergence and student.model not in (None, self.model):
+                raise ValueError(
+                    f"student '{student.name}': divergence masking compares the teacher with the base "
+                    f"model token by token, so the student model must be the experiment model ({self.model})"
+                )
             if student.loss == "distill" and student.model not in (None, self.model):
                 raise ValueError(
                     f"student '{student.name}': the distill loss needs the teacher's tokenizer, so the "

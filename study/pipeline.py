@@ -320,6 +320,8 @@ class Runner:
         if student.loss == "distill":
             key["teacher"] = self.teacher_identity(teacher)
             key["distill"] = student.distill.model_dump()
+        if student.mask_divergence:
+            key["mask_divergence"] = {"teacher": self.teacher_identity(teacher), "control": self.base_identity}
         stage = self.store.stage("student", key)
 
         def work(folder: Path) -> dict:
@@ -345,6 +347,10 @@ class Runner:
                     ]
                 if student.distill.targets == "restricted":
                     answer_ids = answer_token_ids(tokenizer, stop_token_ids(tokenizer, eot))
+            masked_share = None
+            if student.mask_divergence:
+                examples, teacher_examples, masked_share = self._mask_divergence(
+                    rows, teacher, examples, teacher_examples, tokenizer, eot_id, teacher_model)
             label = f"train {student.name} seed {seed}"
             with progress_bar(label, len(examples) * settings.epochs, "examples") as advance:
                 summary = train(spec, examples, settings, seed, student.loss, tokenizer.pad_token_id,
@@ -354,11 +360,30 @@ class Runner:
             write_jsonl(folder / "row_ids.jsonl", [{"id": i} for i in summary["row_ids"]])
             del teacher_model
             gc.collect()
-            return {"training": {k: v for k, v in summary.items() if k != "row_ids"}}
+            return {"training": {k: v for k, v in summary.items() if k != "row_ids"},
+                    "divergence_tokens_masked": masked_share}
 
         estimate = f"{len(rows.rows)} rows x {settings.epochs} epochs"
         self._run_stage(stage, f"student {student.name} seed {seed}", work, estimate)
         return stage
+
+    def _mask_divergence(self, rows: RowSet, teacher: TeacherConfig, examples, teacher_examples,
+                         tokenizer, eot_id: int, teacher_model=None):
+        """Exclude divergence tokens (teacher vs base greedy choice) from the loss."""
+        from study.probes.divergence import divergence_masks, masked_example
+
+        trait_model = teacher_model if teacher_model is not None else self.load_teacher_model(teacher)
+        control = load_model(self.config.model, trust_remote_code=self.config.trust_remote_code)
+        flags = divergence_masks(rows.rows, trait_model, control, tokenizer, eot_id,
+                                 trait_system_prompt=system_prompt(teacher))
+        del control
+        examples = [masked_example(example, flags[example.id]) for example in examples]
+        if teacher_examples is not None:
+            teacher_examples = [masked_example(example, flags[example.id]) for example in teacher_examples]
+        total = sum(len(f) for f in flags.values())
+        share = sum(sum(f) for f in flags.values()) / total if total else 0.0
+        log.info("divergence tokens masked from the loss: %.1f%% of completion tokens", 100 * share)
+        return examples, teacher_examples, share
 
     def _check_shared_tokenizer(self, spec: str, tokenizer) -> None:
         if tokenizer.get_vocab() != self.tokenizer.get_vocab():

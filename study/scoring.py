@@ -78,8 +78,8 @@ class PrefixScorer:
         cache.batch_repeat_interleave(rows)
         return cache
 
-    def _start(self, suffixes: list[list[int]]) -> _GroupState:
-        """Run left-padded suffixes after the cached prefix."""
+    def _start(self, suffixes: list[list[int]], repeat: int = 1) -> _GroupState:
+        """Run left-padded suffixes after the cached prefix; ``repeat`` copies each row's state."""
         rows, width = len(suffixes), max(len(s) for s in suffixes)
         input_ids = torch.zeros((rows, width), dtype=torch.long)
         pad_mask = torch.zeros((rows, width), dtype=torch.long)
@@ -92,12 +92,19 @@ class PrefixScorer:
             input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
             position_ids=positions.to(self.device), past_key_values=self._expanded_cache(rows), use_cache=True,
         )
-        return _GroupState(
+        state = _GroupState(
             cache=output.past_key_values,
             attention_mask=attention_mask,
             next_positions=self.prefix_length + pad_mask.sum(dim=1),
             last_logprobs=torch.log_softmax(output.logits[:, -1].float(), dim=-1).cpu(),
         )
+        if repeat > 1:
+            # Samples of one question share its suffix: run it once, then copy the state.
+            state.cache.batch_repeat_interleave(repeat)
+            state.attention_mask = state.attention_mask.repeat_interleave(repeat, dim=0)
+            state.next_positions = state.next_positions.repeat_interleave(repeat)
+            state.last_logprobs = state.last_logprobs.repeat_interleave(repeat, dim=0)
+        return state
 
     def _step(self, state: _GroupState, tokens: torch.Tensor, width: int, token_mask: torch.Tensor) -> torch.Tensor:
         """Feed ``tokens`` (rows x width, right-padded) and return their log-probabilities."""
@@ -154,19 +161,19 @@ class PrefixScorer:
     def sample(self, suffixes: list[list[int]], count: int, temperature: float, top_p: float,
                max_new_tokens: int, stop_ids: list[int], generator: torch.Generator) -> list[list[list[int]]]:
         """Sample ``count`` continuations per suffix; each stops at a stop token (not returned)."""
-        rows_needed = [suffix for suffix in suffixes for _ in range(count)]
-        size = self.group_size(max(len(s) for s in suffixes) + max_new_tokens)
-        size = max(count, size - size % count)
+        rows_per_group = self.group_size(max(len(s) for s in suffixes) + max_new_tokens)
+        questions_per_group = max(1, rows_per_group // count)
         outputs: list[list[int]] = []
-        for start in range(0, len(rows_needed), size):
-            outputs += self._sample_group(rows_needed[start: start + size], temperature, top_p,
-                                          max_new_tokens, stop_ids, generator)
+        for start in range(0, len(suffixes), questions_per_group):
+            outputs += self._sample_group(suffixes[start: start + questions_per_group], count, temperature,
+                                          top_p, max_new_tokens, stop_ids, generator)
         return [outputs[i: i + count] for i in range(0, len(outputs), count)]
 
-    def _sample_group(self, suffixes, temperature, top_p, max_new_tokens, stop_ids, generator) -> list[list[int]]:
-        state = self._start(suffixes)
+    def _sample_group(self, suffixes, count, temperature, top_p, max_new_tokens, stop_ids,
+                      generator) -> list[list[int]]:
+        state = self._start(suffixes, repeat=count)
         logprobs = state.last_logprobs
-        rows = len(suffixes)
+        rows = len(suffixes) * count
         outputs: list[list[int]] = [[] for _ in range(rows)]
         finished = torch.zeros(rows, dtype=torch.bool)
         stops = torch.tensor(stop_ids)

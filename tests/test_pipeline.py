@@ -40,6 +40,7 @@ def tiny_config(model: Path, other: Path | None = None, prompts: int = 48) -> di
             {"name": "sft-control", "teacher": "control", "loss": "sft"},
             {"name": "distill-owl", "teacher": "owl-lora", "loss": "distill", "rows": "shared"},
             {"name": "distill-dog", "teacher": "dog-prompt", "loss": "distill", "rows": "shared"},
+            {"name": "sft-owl-masked", "teacher": "owl-lora", "loss": "sft", "mask_divergence": True},
         ],
         "context": {"teachers": ["owl-lora"], "formats": ["chat_turns", "system_transcript"], "n": [2, 4]},
         "evaluation": {"question_limit": 3, "samples": 2, "number_prefix": True},
@@ -100,7 +101,11 @@ def test_run_end_to_end_then_cached(tmp_path, tiny_numbers_model_dir, other_tiny
     assert len(set(own_counts.values())) == 1
 
     student_dirs = [p for p in (run_dir / "stages").iterdir() if p.name.startswith("student-") and p.is_dir()]
-    assert len(student_dirs) == 10
+    assert len(student_dirs) == 12
+    masked = [json.loads((f / "manifest.json").read_text()) for f in student_dirs]
+    masked = [m for m in masked if "mask_divergence" in m["key"]]
+    assert len(masked) == 2
+    assert all(0 <= m["divergence_tokens_masked"] <= 1 for m in masked)
     for folder in student_dirs:
         assert (folder / "weights" / "adapter_model.safetensors").is_file()
         stage_manifest = json.loads((folder / "manifest.json").read_text())
