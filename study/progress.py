@@ -26,6 +26,18 @@ LOG_INTERVAL_SECONDS = 15.0
 
 
 def setup_logging(level: int = logging.INFO) -> None:
+    import warnings
+
+    # Library deprecation notices and per-load weight bars drown the step progress.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+    except ImportError:
+        pass
     root = logging.getLogger()
     if not any(isinstance(handler, RichHandler) for handler in root.handlers):
         root.addHandler(RichHandler(console=console, show_path=False, rich_tracebacks=False))

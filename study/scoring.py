@@ -11,6 +11,7 @@ cache stays within a memory budget.
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,17 @@ def _filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
 
+def _cache_argument(model) -> str:
+    # transformers 5.25 renamed the forward argument past_key_values to cache
+    # and warns on the old name; older 5.x releases only know the old one.
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _returned_cache(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
 @dataclass
 class _GroupState:
     cache: object
@@ -57,10 +69,11 @@ class PrefixScorer:
         self.prefix_length = len(prefix_ids)
         self.cache = None
         self.bytes_per_token = 0
+        self.cache_argument = _cache_argument(model)
         if prefix_ids:
             with torch.no_grad():
                 output = model(torch.tensor([prefix_ids], device=self.device), use_cache=True)
-            self.cache = output.past_key_values
+            self.cache = _returned_cache(output)
             total = sum(t.numel() * t.element_size() for t in _cache_tensors(self.cache))
             self.bytes_per_token = total / max(1, self.prefix_length)
 
@@ -90,10 +103,11 @@ class PrefixScorer:
         attention_mask = torch.cat([torch.ones((rows, self.prefix_length), dtype=torch.long), pad_mask], dim=1)
         output = self.model(
             input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-            position_ids=positions.to(self.device), past_key_values=self._expanded_cache(rows), use_cache=True,
+            position_ids=positions.to(self.device), use_cache=True,
+            **{self.cache_argument: self._expanded_cache(rows)},
         )
         state = _GroupState(
-            cache=output.past_key_values,
+            cache=_returned_cache(output),
             attention_mask=attention_mask,
             next_positions=self.prefix_length + pad_mask.sum(dim=1),
             last_logprobs=torch.log_softmax(output.logits[:, -1].float(), dim=-1).cpu(),
@@ -113,9 +127,9 @@ class PrefixScorer:
         state.attention_mask = torch.cat([state.attention_mask, token_mask], dim=1)
         output = self.model(
             input_ids=tokens.to(self.device), attention_mask=state.attention_mask.to(self.device),
-            position_ids=positions.to(self.device), past_key_values=state.cache, use_cache=True,
+            position_ids=positions.to(self.device), use_cache=True, **{self.cache_argument: state.cache},
         )
-        state.cache = output.past_key_values
+        state.cache = _returned_cache(output)
         state.next_positions = state.next_positions + token_mask.sum(dim=1)
         return torch.log_softmax(output.logits.float(), dim=-1).cpu().reshape(rows, width, -1)
 
