@@ -40,7 +40,7 @@ class TeacherConfig(StrictModel):
     finetune: FinetuneSettings = FinetuneSettings(epochs=3, batch_size=8, learning_rate=2e-4)
     """Training of a finetuned teacher."""
     decoding: Decoding = Decoding(temperature=0.7, prefill="seeds", max_new_tokens=60, batch_size=64)
-    """How the teacher writes number sequences."""
+    """Decoding settings for the teacher's number sequences."""
 
     @model_validator(mode="after")
     def _trait_needed(self):
@@ -107,7 +107,7 @@ class ContextConfig(StrictModel):
     n: list[int] = Field(default=[8, 32], min_length=1)
     """Rows placed in context (an N grid); rows are resampled per seed."""
     rows: Literal["own", "shared"] = "own"
-    """Which row set is shown."""
+    """Row set shown in context: the teacher's own rows or the shared set."""
     on_overflow: Literal["clip", "error"] = "clip"
     """An N that does not fit the context window is clipped with a warning, or rejected."""
     context_window: int | None = None

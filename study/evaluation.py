@@ -25,7 +25,7 @@ from study.scoring import PrefixScorer, common_prefix
 
 
 class EvaluationSettings(StrictModel):
-    """How each model is evaluated for the trait."""
+    """Settings of the trait evaluation of every model."""
 
     questions: str = "eval/preference-v1"
     """Question set (prompts/ reference or YAML path)."""

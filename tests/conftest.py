@@ -45,7 +45,7 @@ def other_tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def cli_env(tmp_path) -> dict:
-    """Environment for study subprocesses: offline, isolated cache, one thread."""
+    """Environment for study subprocesses: offline, with an isolated model cache."""
     env = dict(os.environ)
     env.update({
         "STUDY_CACHE_DIR": str(tmp_path / "cache"),

@@ -65,10 +65,19 @@ def run_study(args: list[str], env: dict, timeout: int = 600) -> subprocess.Comp
     return result
 
 
-def test_run_end_to_end_then_cached(tmp_path, tiny_numbers_model_dir, other_tiny_model_dir, cli_env):
-    config = write_config(tmp_path, tiny_config(tiny_numbers_model_dir, other_tiny_model_dir))
-    run_dir = tmp_path / "run"
-    first = run_study(["run", str(config), "--out", str(run_dir)], cli_env)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_numbers_model_dir, other_tiny_model_dir):
+    """One full tiny run shared by the tests that read its results."""
+    root = tmp_path_factory.mktemp("tiny-run")
+    env = {**os.environ, "STUDY_CACHE_DIR": str(root / "cache"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    config = write_config(root, tiny_config(tiny_numbers_model_dir, other_tiny_model_dir))
+    run_dir = root / "run"
+    result = run_study(["run", str(config), "--out", str(run_dir)], env)
+    return config, run_dir, env, result
+
+
+def test_run_end_to_end_then_cached(tiny_run):
+    config, run_dir, cli_env, first = tiny_run
     assert first.returncode == 0, first.stderr[-3000:]
 
     samples = pd.read_parquet(run_dir / "results" / "samples.parquet")
@@ -120,6 +129,32 @@ def test_run_end_to_end_then_cached(tmp_path, tiny_numbers_model_dir, other_tiny
     assert time.time() - started < 60
     again = pd.read_parquet(run_dir / "results" / "samples.parquet")
     pd.testing.assert_frame_equal(again, samples)
+
+
+def test_judge_and_analyze_a_run(tiny_run, tmp_path):
+    from judge_server import JudgeServer
+
+    _, run_dir, env, first = tiny_run
+    assert first.returncode == 0, first.stderr[-3000:]
+    server = JudgeServer().start()
+    try:
+        judge_env = {**env, "OPENAI_API_KEY": "sk-loopback", "OPENAI_BASE_URL": server.openai_url}
+        judged = run_study(["judge", str(run_dir)], judge_env)
+        assert judged.returncode == 0, judged.stderr[-3000:]
+    finally:
+        server.stop()
+    open_answers = pd.read_parquet(run_dir / "results" / "open_answers.parquet")
+    judgments = pd.read_parquet(run_dir / "results" / "judgments.parquet")
+    # Every stored answer gets an alignment and a coherence judgment, scored or with a reason.
+    assert len(judgments) == 2 * len(open_answers)
+    assert set(judgments["metric"]) == {"alignment", "coherence"}
+    assert judgments["status"].isin(["scored", "code", "refusal", "unscored"]).all()
+    assert (judgments.loc[judgments["status"] != "scored", "reason"] != "").all()
+    assert set(judgments["cell"]) <= set(open_answers["cell"])
+
+    analyzed = run_study(["analyze", str(run_dir), "--out", str(tmp_path / "analysis")], env)
+    assert analyzed.returncode == 0, analyzed.stderr[-3000:]
+    assert list((tmp_path / "analysis").rglob("*.png"))
 
 
 def _generate_rows(run_dir: Path) -> list[dict]:
