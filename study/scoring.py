@@ -139,37 +139,40 @@ class PrefixScorer:
         longer = [i for i, tokens in enumerate(continuations) if len(tokens) > 1]
         results: list[list[float]] = []
         longest = max(len(s) for s in suffixes) + max(len(c) for c in continuations)
-        size = self.group_size(longest, copies=1 + len(longer))
+        size = self.group_size(longest)
         for start in range(0, len(suffixes), size):
             group = suffixes[start: start + size]
             state = self._start(group)
             scores = [[float(state.last_logprobs[row, tokens[0]]) for tokens in continuations]
                       for row in range(len(group))]
-            if longer:
-                self._add_longer(state, scores, continuations, longer, len(group))
+            for index in longer:
+                self._add_later_tokens(state, scores, index, continuations[index])
             results += scores
         return results
 
-    def _add_longer(self, state: _GroupState, scores, continuations, longer: list[int], rows: int) -> None:
-        """Score the later tokens of multi-token continuations, all in one forward pass."""
-        copies = len(longer)
-        state.cache.batch_repeat_interleave(copies)
-        state.attention_mask = state.attention_mask.repeat_interleave(copies, dim=0)
-        state.next_positions = state.next_positions.repeat_interleave(copies)
-        width = max(len(continuations[i]) - 1 for i in longer)
-        tokens = torch.zeros((rows * copies, width), dtype=torch.long)
-        mask = torch.zeros((rows * copies, width), dtype=torch.long)
+    def _add_later_tokens(self, state: _GroupState, scores, index: int, continuation: list[int]) -> None:
+        """Add the log-probabilities of a continuation's later tokens, then restore the group's cache.
+
+        The cache is cropped back where the cache type allows it (full
+        attention); sliding-window caches are copied instead.
+        """
+        rows = state.attention_mask.shape[0]
+        length = state.cache.get_seq_length()
+        cropped = self._croppable(state.cache)
+        cache = state.cache if cropped else copy.deepcopy(state.cache)
+        head = torch.tensor(continuation[:-1]).unsqueeze(0).expand(rows, -1)
+        probe = _GroupState(cache, state.attention_mask, state.next_positions, state.last_logprobs)
+        logprobs = self._step(probe, head, head.shape[1], torch.ones_like(head))
         for row in range(rows):
-            for copy_index, index in enumerate(longer):
-                head = continuations[index][:-1]
-                tokens[row * copies + copy_index, : len(head)] = torch.tensor(head)
-                mask[row * copies + copy_index, : len(head)] = 1
-        logprobs = self._step(state, tokens, width, mask)
-        for row in range(rows):
-            for copy_index, index in enumerate(longer):
-                continuation = continuations[index]
-                for position in range(1, len(continuation)):
-                    scores[row][index] += float(logprobs[row * copies + copy_index, position - 1, continuation[position]])
+            for position in range(1, len(continuation)):
+                scores[row][index] += float(logprobs[row, position - 1, continuation[position]])
+        if cropped:
+            _crop_to(state.cache, length)
+
+    @staticmethod
+    def _croppable(cache) -> bool:
+        layers = getattr(cache, "layers", [])
+        return bool(layers) and all(getattr(layer, "is_sliding", False) is False for layer in layers)
 
     @torch.no_grad()
     def sample(self, suffixes: list[list[int]], count: int, temperature: float, top_p: float,
@@ -206,6 +209,23 @@ class PrefixScorer:
                 break
             logprobs = self._step(state, tokens.unsqueeze(1), 1, torch.ones((rows, 1), dtype=torch.long))[:, -1]
         return outputs
+
+
+def _crop_to(cache, length: int) -> None:
+    """Drop cached positions after ``length``.
+
+    transformers 5.25 takes the count to remove as a negative number and
+    rejects a positive one; earlier releases take the length to keep.
+    """
+    surplus = cache.get_seq_length() - length
+    if surplus <= 0:
+        return
+    try:
+        cache.crop(-surplus)
+    except ValueError:
+        cache.crop(length)
+    if cache.get_seq_length() != length:
+        raise RuntimeError(f"cache crop left {cache.get_seq_length()} positions, expected {length}")
 
 
 def _cache_tensors(cache) -> list[torch.Tensor]:
