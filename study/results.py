@@ -97,6 +97,9 @@ def summarize(seed_frame: pd.DataFrame) -> pd.DataFrame:
         for measure in ("rate", "prob", "logprob", "share"):
             if measure in frame:
                 mean, low, high = t_interval(frame[measure].dropna().to_numpy())
+                if measure != "logprob" and not pd.isna(low):
+                    # A t-interval over few seeds can leave [0, 1]; a probability cannot.
+                    low, high = max(0.0, low), min(1.0, high)
                 record.update({measure: mean, f"{measure}_low": low, f"{measure}_high": high})
         records.append(record)
     summary = pd.DataFrame(records)
