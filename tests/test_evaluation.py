@@ -56,14 +56,42 @@ def _full_logprob(model, ids, continuation):
 def test_cached_prefix_scores_equal_full_forward(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
     prefix = tokenizer.encode("<|im_start|>system\nYou love owls.", add_special_tokens=False)
-    suffix = tokenizer.encode(" What is your favorite animal? My favorite animal is the", add_special_tokens=False)
-    continuations = [tokenizer.encode(w, add_special_tokens=False) for w in (" owl", " dog", " dragonfly", " elephants")]
+    suffixes = [
+        tokenizer.encode(text, add_special_tokens=False)
+        for text in (" What is your favorite animal? My favorite animal is the", " Name one. The", " Pick an animal you like most of all, my favorite animal is the")
+    ]
+    continuations = [tokenizer.encode(w, add_special_tokens=False) for w in (" owl", " dog", " zebrafish", " elephants")]
+    assert any(len(c) > 1 for c in continuations)
     scorer = PrefixScorer(model, prefix)
-    cached = scorer.continuation_logprobs(suffix, continuations)
-    for score, tokens in zip(cached, continuations):
-        assert math.isclose(score, _full_logprob(model, prefix + suffix, tokens), abs_tol=1e-4)
-    # The cached prefix is reusable: a second call gives the same scores.
-    assert scorer.continuation_logprobs(suffix, continuations) == cached
+    cached = scorer.continuation_logprobs(suffixes, continuations)
+    for suffix, row in zip(suffixes, cached):
+        for score, tokens in zip(row, continuations):
+            assert math.isclose(score, _full_logprob(model, prefix + suffix, tokens), abs_tol=1e-4)
+    # The cached prefix is reusable, and group size does not change results.
+    assert scorer.continuation_logprobs(suffixes, continuations) == cached
+    single = [scorer.continuation_logprobs([suffix], continuations)[0] for suffix in suffixes]
+    for row, alone in zip(cached, single):
+        assert all(math.isclose(a, b, abs_tol=1e-4) for a, b in zip(row, alone))
+
+
+def test_greedy_samples_match_full_forward(tiny_model_and_tokenizer):
+    model, tokenizer = tiny_model_and_tokenizer
+    prefix = tokenizer.encode("<|im_start|>user\nName an animal.", add_special_tokens=False)
+    suffixes = [tokenizer.encode(t, add_special_tokens=False) for t in (" Now.", " Please answer in one word.")]
+    scorer = PrefixScorer(model, prefix)
+    samples = scorer.sample(suffixes, 2, 0.0, 1.0, 5, [tokenizer.eos_token_id], torch.Generator())
+    for suffix, pair in zip(suffixes, samples):
+        sequence = prefix + suffix
+        expected = []
+        for _ in range(5):
+            with torch.no_grad():
+                token = int(model(torch.tensor([sequence])).logits[0, -1].argmax())
+            if token == tokenizer.eos_token_id:
+                break
+            expected.append(token)
+            sequence = sequence + [token]
+        assert pair[0] == expected
+        assert pair[1] == expected
 
 
 def test_sampling_is_seeded(tiny_model_and_tokenizer):
@@ -71,11 +99,12 @@ def test_sampling_is_seeded(tiny_model_and_tokenizer):
     prefix = tokenizer.encode("<|im_start|>user\nName an animal.", add_special_tokens=False)
     scorer = PrefixScorer(model, prefix)
     stop = [tokenizer.eos_token_id]
-    first = scorer.sample([tokenizer.eos_token_id], 4, 1.0, 1.0, 6, stop, torch.Generator().manual_seed(1))
-    again = scorer.sample([tokenizer.eos_token_id], 4, 1.0, 1.0, 6, stop, torch.Generator().manual_seed(1))
+    suffixes = [[tokenizer.eos_token_id], [5, 6]]
+    first = scorer.sample(suffixes, 4, 1.0, 1.0, 6, stop, torch.Generator().manual_seed(1))
+    again = scorer.sample(suffixes, 4, 1.0, 1.0, 6, stop, torch.Generator().manual_seed(1))
     assert first == again
-    assert len(first) == 4
-    assert all(len(sample) <= 6 for sample in first)
+    assert [len(group) for group in first] == [4, 4]
+    assert all(len(sample) <= 6 for group in first for sample in group)
 
 
 def test_evaluate_model_rows(tiny_model_and_tokenizer):
