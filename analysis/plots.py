@@ -57,6 +57,10 @@ def trait_rate_bars(analysis: Analysis, out_dir: Path) -> list[Path]:
     largest = frame.groupby(["arm", "recipe"])["n_rows"].transform("max")
     frame = frame[frame["n_rows"] == largest]
     frame["label"] = [_bar_label(a, t, r) for a, t, r in zip(frame["arm"], frame["teacher_trait"], frame["recipe"])]
+    # Conditions that share a label (two teachers, a cross-model student) keep their own name.
+    shared = frame.duplicated(["label", "target"], keep=False)
+    if "condition" in frame.columns:
+        frame.loc[shared, "label"] = frame.loc[shared, "condition"]
     frame["control"] = (frame["teacher_trait"] == "") & frame["arm"].isin(["finetune", "context"])
     frame = frame.sort_values(["arm", "control", "recipe"], key=lambda column: column.map(palette.arm_sort_key) if column.name == "arm" else column)
     labels = list(dict.fromkeys(frame["label"]))
