@@ -55,6 +55,20 @@ def collect_cells(store: RunStore, cells: list[Cell], statuses: dict[str, dict],
     return frame
 
 
+def write_tidy_tables(store: RunStore, statuses: dict[str, dict], traits: list[str]) -> None:
+    """Write the tidy samples, logprobs and open_answers tables of every done cell, for study analyze."""
+    from study.results import collect
+    from study.store import Stage
+
+    names = []
+    for status in statuses.values():
+        if status.get("status") == "done":
+            names += json.loads(status["eval_stages"] or "[]")
+    stages = [Stage(kind="eval", key={}, digest=name.split("-", 1)[-1], path=store.stages_dir / name)
+              for name in dict.fromkeys(names)]
+    collect(stages, store.results_dir, traits)
+
+
 def write_results(frame: pd.DataFrame, results_dir: Path) -> None:
     """Write cells.parquet and a Markdown table of mean measures across seeds."""
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -94,7 +94,7 @@ def run_suite(suite_path: Path, suite_dir: Path | None = None, executor: str = "
     """Run the cells that are not done yet and write the suite results; finished cells are skipped."""
     from study.progress import progress_bar
     from study.suite.executors import drive, make_executor
-    from study.suite.results import collect_cells, write_results
+    from study.suite.results import collect_cells, write_results, write_tidy_tables
 
     started = time.time()
     suite = load_suite(suite_path)
@@ -119,8 +119,10 @@ def run_suite(suite_path: Path, suite_dir: Path | None = None, executor: str = "
         with progress_bar(f"suite {suite.name}", len(pending), "cells") as advance:
             failures = drive(runner, pending, index, attempts, advance)
 
-    frame = collect_cells(RunStore(suite_dir), plan.cells, index.statuses(), suite.traits())
+    statuses = index.statuses()
+    frame = collect_cells(RunStore(suite_dir), plan.cells, statuses, suite.traits())
     write_results(frame, suite_dir / "results")
+    write_tidy_tables(RunStore(suite_dir), statuses, suite.traits())
     return SuiteOutcome(suite_dir, len(plan.cells), len(plan.cells) - len(pending), failures, time.time() - started)
 
 
