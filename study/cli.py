@@ -31,14 +31,7 @@ COMMAND_MODULES = (
 
 def _register_commands() -> None:
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            # TODO: drop this tolerance once every command module exists.
-            if error.name and name.startswith(error.name):
-                continue
-            raise
-        module.register(app)
+        importlib.import_module(name).register(app)
 
 
 _register_commands()
