@@ -333,6 +333,8 @@ class Runner:
                                  row["completion"], eot_id, settings.max_length)
                 for row in rows.rows
             ]
+
+            # The distill loss needs the teacher's distributions over the student's tokens.
             teacher_model, teacher_examples, answer_ids = None, None, None
             if student.loss == "distill":
                 self._check_shared_tokenizer(spec, tokenizer)
@@ -347,16 +349,19 @@ class Runner:
                     ]
                 if student.distill.targets == "restricted":
                     answer_ids = answer_token_ids(tokenizer, stop_token_ids(tokenizer, eot))
+
             masked_share = None
             if student.mask_divergence:
                 examples, teacher_examples, masked_share = self._mask_divergence(
                     rows, teacher, examples, teacher_examples, tokenizer, eot_id, teacher_model)
+
             label = f"train {student.name} seed {seed}"
             with progress_bar(label, len(examples) * settings.epochs, "examples") as advance:
                 summary = train(spec, examples, settings, seed, student.loss, tokenizer.pad_token_id,
                                 folder / "weights", teacher=teacher_model, distill=student.distill,
                                 answer_ids=answer_ids, progress=advance, teacher_examples=teacher_examples,
                                 trust_remote_code=config.trust_remote_code)
+
             write_jsonl(folder / "row_ids.jsonl", [{"id": i} for i in summary["row_ids"]])
             del teacher_model
             gc.collect()

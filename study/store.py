@@ -161,9 +161,6 @@ class RowLog:
         for row in fresh:
             self.rows[row[self.key]] = row
 
-    def ordered(self) -> list[dict]:
-        return sorted(self.rows.values(), key=lambda row: row[self.key])
-
 
 @dataclass(frozen=True)
 class Stage:
